@@ -1,0 +1,268 @@
+/**
+ * Control activities: they run on the shared task queue and touch the catalog and the
+ * backends' management side (create, delete, export). Each is a thin adapter over the
+ * catalog and a driver, and each can run twice with the same input and end in the same
+ * state: the workflow's retries and compensations depend on that.
+ */
+import { Context } from '@temporalio/activity';
+import type { VolumeStatus, VolumeView } from '../api.js';
+import { backupView, type BackupLocation } from '../catalog/catalog.js';
+import type { ConnectionInfo, VolumeLocator } from '../drivers/volume/driver.js';
+import { BackupInProgress, InsufficientSpace, InvalidInput, InvalidStatus, NoEligibleNode, VolumeTooSmall } from '../errors.js';
+import type { Runtime } from '../runtime.js';
+import { formatBytes } from '../size.js';
+import { failpoint } from '../failpoints.js';
+
+export interface Loc extends VolumeLocator {
+  backend: string;
+}
+
+export interface BackupPlan {
+  backupId: string;
+  volume: VolumeView;
+  target: string;
+  source: Loc;
+  dest: Loc;
+  size: number;
+}
+
+export interface RestorePlan {
+  backupId: string;
+  volumeId: string;
+  /** The restore made this volume: on failure it is deleted, not put in `error`. */
+  createdVolume: boolean;
+  source: Loc;
+  dest: Loc;
+  size: number;
+  /** Destination had data before (existing volume): clear it before a sparse copy. */
+  clearFirst: boolean;
+}
+
+export const backupVolumeName = (backupId: string) => `backup-${backupId}`;
+const workflowId = () => Context.current().info.workflowExecution?.workflowId ?? 'none';
+
+/** The metadata record written with every backup, enough to rebuild a lost catalog. */
+export interface BackupRecordFile {
+  format: 'gbackup-volume-backup';
+  version: 1;
+  backup: ReturnType<typeof backupView> & { location: BackupLocation };
+  volume: { id: string; name: string; backend: string; pool: string | null; size: number };
+}
+
+export function createControlActivities(rt: Runtime) {
+  const cat = () => rt.catalog;
+
+  return {
+    async beginBackup(input: { backupId: string; volumeId: string; target?: string; name?: string }): Promise<BackupPlan> {
+      const wf = workflowId();
+      const c = cat();
+      const target = rt.target(input.target);
+      const existing = c.findBackup(input.backupId);
+      const volume = c.volume(input.volumeId);
+      if (target.driver !== 'volume') throw new InvalidInput(`target '${target.name}' is not a volume target`);
+      const dest: Loc = { backend: target.backend, pool: target.pool ?? null, name: backupVolumeName(input.backupId) };
+      const source: Loc = { backend: volume.backend, pool: volume.pool, name: volume.id };
+      if (existing) {
+        // A retry of this very step after it committed: same plan again.
+        if (existing.workflowId === wf && existing.status === 'creating') {
+          return { backupId: existing.id, volume: c.volume(input.volumeId), target: target.name, source, dest, size: existing.size };
+        }
+        throw new InvalidInput(`backup id '${input.backupId}' is already used`);
+      }
+      if (volume.status === 'backing-up') throw new BackupInProgress(`volume '${volume.id}' is already being backed up`);
+      if (volume.status === 'error') throw new InvalidStatus(`volume '${volume.id}' is in 'error'${volume.error ? ` (${volume.error})` : ''}; a volume in error cannot be backed up`);
+      if (volume.status === 'in-use') throw new InvalidStatus(`volume '${volume.id}' is 'in-use'; back it up with --force (through a temporary snapshot)`);
+      const driver = rt.driver(target.backend);
+      const { freeBytes } = await driver.stats(dest.pool);
+      if (volume.size > freeBytes) {
+        throw new InsufficientSpace(`target '${target.name}' has ${formatBytes(freeBytes)} free; volume '${volume.id}' needs ${formatBytes(volume.size)}`);
+      }
+      c.tx(() => {
+        c.transitionVolume(volume.id, ['available'], 'backing-up', { rememberPrevious: true, owner: wf });
+        c.insertBackup({
+          id: input.backupId,
+          name: input.name ?? input.backupId,
+          volumeId: volume.id,
+          snapshotId: null,
+          target: target.name,
+          status: 'creating',
+          size: volume.size,
+          location: dest,
+          workflowId: wf,
+          sourcePreviousStatus: volume.status,
+        });
+      });
+      await failpoint('backup.begin');
+      return { backupId: input.backupId, volume: c.volume(volume.id), target: target.name, source, dest, size: volume.size };
+    },
+
+    /** Nodes that reach every backend in `backends`; the one to use is picked by `key`. */
+    async chooseNode(input: { backends: string[]; exclude: string[]; key: string }): Promise<string> {
+      const eligible = rt.config.nodes.filter((n) => input.backends.every((b) => n.backends.includes(b)));
+      const usable = eligible.filter((n) => !input.exclude.includes(n.name));
+      if (usable.length === 0) {
+        throw new NoEligibleNode(
+          eligible.length === 0
+            ? `no node reaches both ${input.backends.map((b) => `'${b}'`).join(' and ')} (nodes: ${rt.config.nodes.map((n) => `${n.name} -> ${n.backends.join(',')}`).join('; ')})`
+            : `every node that reaches ${input.backends.join(' and ')} failed (${input.exclude.join(', ')})`,
+        );
+      }
+      // Spread backups over nodes deterministically by key, so a retry picks the same one.
+      let h = 0;
+      for (const ch of input.key) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
+      return usable[h % usable.length]!.name;
+    },
+
+    async createBackendVolume(input: { loc: Loc; size: number }): Promise<void> {
+      await failpoint('create-destination');
+      await rt.driver(input.loc.backend).createVolume(input.loc, input.size);
+    },
+
+    async deleteBackendVolume(input: { loc: Loc }): Promise<void> {
+      await rt.driver(input.loc.backend).deleteVolume(input.loc);
+      await rt.driver(input.loc.backend).deleteRecord(input.loc);
+    },
+
+    async clearBackendVolume(input: { loc: Loc }): Promise<void> {
+      await rt.driver(input.loc.backend).clearVolume(input.loc);
+    },
+
+    async initializeConnection(input: { loc: Loc; readOnly: boolean }): Promise<ConnectionInfo> {
+      return rt.driver(input.loc.backend).initializeConnection(input.loc, { readOnly: input.readOnly });
+    },
+
+    async terminateConnection(input: { loc: Loc }): Promise<void> {
+      await rt.driver(input.loc.backend).terminateConnection(input.loc);
+    },
+
+    async finalizeBackup(input: { backupId: string; storedBytes: number; method: string; node: string | null }): Promise<ReturnType<typeof backupView>> {
+      const c = cat();
+      const b = c.backup(input.backupId);
+      if (b.status === 'available') return backupView(b);
+      await failpoint('finalize');
+      const volume = c.volume(b.volumeId);
+      const record: BackupRecordFile = {
+        format: 'gbackup-volume-backup',
+        version: 1,
+        backup: { ...backupView({ ...b, status: 'available', storedBytes: input.storedBytes, method: input.method, node: input.node }), location: b.location! },
+        volume: { id: volume.id, name: volume.name, backend: volume.backend, pool: volume.pool, size: volume.size },
+      };
+      await rt.driver(b.location!.backend).writeRecord(b.location!, record);
+      c.tx(() => {
+        c.transitionBackup(b.id, ['creating'], 'available', { storedBytes: input.storedBytes, method: input.method, node: input.node ?? undefined });
+        const v = c.volume(b.volumeId);
+        if (v.status === 'backing-up') c.transitionVolume(v.id, ['backing-up'], b.sourcePreviousStatus ?? 'available');
+      });
+      return backupView(c.backup(b.id));
+    },
+
+    /** Compensation of beginBackup: backup `error` with the reason, source back to its previous status. */
+    async failBackup(input: { backupId: string; reason: string }): Promise<void> {
+      const c = cat();
+      const b = c.findBackup(input.backupId);
+      if (!b) return;
+      c.tx(() => {
+        if (b.status === 'creating') c.transitionBackup(b.id, ['creating'], 'error', { error: input.reason });
+        const v = c.findVolume(b.volumeId);
+        if (v && v.status === 'backing-up' && c.volumeOwner(v.id) === b.workflowId) {
+          c.transitionVolume(v.id, ['backing-up'], b.sourcePreviousStatus ?? 'available');
+        }
+      });
+    },
+
+    async beginRestore(input: { backupId: string; volumeId?: string; backend?: string; pool?: string; newVolumeId: string; name?: string }): Promise<RestorePlan> {
+      const wf = workflowId();
+      const c = cat();
+      const backup = c.backup(input.backupId);
+      if (!backup.location) throw new InvalidInput(`backup '${backup.id}' has no stored location`);
+      const source: Loc = { ...backup.location };
+      if (input.volumeId !== undefined) {
+        const v = c.volume(input.volumeId);
+        const dest: Loc = { backend: v.backend, pool: v.pool, name: v.id };
+        const plan: RestorePlan = { backupId: backup.id, volumeId: v.id, createdVolume: false, source, dest, size: backup.size, clearFirst: true };
+        if (v.status === 'restoring-backup' && c.volumeOwner(v.id) === wf) return plan;
+        if (backup.status !== 'available') throw new InvalidStatus(`backup '${backup.id}' is '${backup.status}'; only an 'available' backup can be restored`);
+        if (v.status !== 'available') throw new InvalidStatus(`volume '${v.id}' is '${v.status}'; a restore needs an 'available' volume`);
+        if (v.size < backup.size) throw new VolumeTooSmall(`volume '${v.id}' has ${v.size} bytes (${formatBytes(v.size)}); backup '${backup.id}' needs at least ${backup.size} (${formatBytes(backup.size)})`);
+        c.tx(() => {
+          c.transitionBackup(backup.id, ['available'], 'restoring');
+          c.transitionVolume(v.id, ['available'], 'restoring-backup', { rememberPrevious: true, owner: wf });
+        });
+        return plan;
+      }
+      const backend = input.backend!;
+      const existing = c.findVolume(input.newVolumeId);
+      if (existing) {
+        if (existing.status === 'restoring-backup' && c.volumeOwner(existing.id) === wf) {
+          return { backupId: backup.id, volumeId: existing.id, createdVolume: true, source, dest: { backend: existing.backend, pool: existing.pool, name: existing.id }, size: backup.size, clearFirst: false };
+        }
+        throw new InvalidInput(`volume id '${input.newVolumeId}' is already used`);
+      }
+      if (backup.status !== 'available') throw new InvalidStatus(`backup '${backup.id}' is '${backup.status}'; only an 'available' backup can be restored`);
+      const pool = rt.volumePlace(backend, input.pool);
+      const driver = rt.driver(backend);
+      const { freeBytes } = await driver.stats(pool);
+      if (backup.size > freeBytes) throw new InsufficientSpace(`backend '${backend}'${pool ? ` pool '${pool}'` : ''} has ${formatBytes(freeBytes)} free; backup '${backup.id}' needs ${formatBytes(backup.size)}`);
+      c.tx(() => {
+        c.transitionBackup(backup.id, ['available'], 'restoring');
+        c.insertVolume({ id: input.newVolumeId, name: input.name ?? input.newVolumeId, backend, pool, size: backup.size, status: 'restoring-backup', owner: wf });
+      });
+      return { backupId: backup.id, volumeId: input.newVolumeId, createdVolume: true, source, dest: { backend, pool, name: input.newVolumeId }, size: backup.size, clearFirst: false };
+    },
+
+    async finalizeRestore(input: { backupId: string; volumeId: string }): Promise<VolumeView> {
+      const c = cat();
+      await failpoint('finalize');
+      c.tx(() => {
+        const v = c.volume(input.volumeId);
+        if (v.status === 'restoring-backup') c.transitionVolume(v.id, ['restoring-backup'], 'available');
+        const b = c.backup(input.backupId);
+        if (b.status === 'restoring') c.transitionBackup(b.id, ['restoring'], 'available');
+      });
+      return c.volume(input.volumeId);
+    },
+
+    /**
+     * Compensation of beginRestore. The backup is unharmed and goes back to `available`.
+     * A volume the restore made is gone (its data was deleted before this runs); an
+     * existing volume goes back to its status, or to `error` once the copy wrote to it,
+     * because its old contents are then partly overwritten.
+     */
+    async failRestore(input: { backupId: string; volumeId: string; createdVolume: boolean; dataTouched: boolean; reason: string }): Promise<void> {
+      const wf = workflowId();
+      const c = cat();
+      c.tx(() => {
+        const b = c.findBackup(input.backupId);
+        if (b && b.status === 'restoring') c.transitionBackup(b.id, ['restoring'], 'available');
+        const v = c.findVolume(input.volumeId);
+        if (!v || v.status !== 'restoring-backup' || c.volumeOwner(v.id) !== wf) return;
+        if (input.createdVolume) c.deleteVolumeRecord(v.id);
+        else if (input.dataTouched) c.transitionVolume(v.id, ['restoring-backup'], 'error', { error: `restore from backup '${input.backupId}' failed: ${input.reason}` });
+        else c.transitionVolume(v.id, ['restoring-backup'], c.volumePreviousStatus(v.id) ?? 'available');
+      });
+    },
+
+    async beginDeleteBackup(input: { backupId: string }): Promise<{ location: Loc | null }> {
+      const c = cat();
+      const b = c.backup(input.backupId);
+      if (b.status === 'deleting') return { location: b.location };
+      if (b.status === 'restoring') throw new InvalidStatus(`backup '${b.id}' is being restored; it can be deleted when the restore ends`);
+      if (b.status === 'creating') throw new InvalidStatus(`backup '${b.id}' is still being created; cancel it with 'gbackup backup cancel ${b.id}'`);
+      c.transitionBackup(b.id, ['available', 'error'], 'deleting');
+      return { location: b.location };
+    },
+
+    async finishDeleteBackup(input: { backupId: string }): Promise<void> {
+      cat().deleteBackupRecord(input.backupId);
+    },
+
+    async failDeleteBackup(input: { backupId: string; reason: string }): Promise<void> {
+      const c = cat();
+      const b = c.findBackup(input.backupId);
+      if (b && b.status === 'deleting') c.transitionBackup(b.id, ['deleting'], 'error', { error: `delete failed: ${input.reason}` });
+    },
+  };
+}
+
+export type ControlActivities = ReturnType<typeof createControlActivities>;
+export type { VolumeStatus };

@@ -1,0 +1,119 @@
+/**
+ * Node activities: they run on one node's own task queue (`<taskQueue>-node-<name>`),
+ * because a loop device exists only on the host that made it. Attach and detach keep
+ * the node's ledger; the copy heartbeats its offset and resumes from it on a retry.
+ */
+import { Context } from '@temporalio/activity';
+import type { ConnectionInfo } from '../drivers/volume/driver.js';
+import type { LoopConnector } from '../connectors/loop.js';
+import { copyExtents, killStrayCopies } from '../copy/dd.js';
+import { dataExtents, extentBytes } from '../copy/extents.js';
+import type { Throttle } from '../copy/throttle.js';
+import type { AttachmentLedger } from '../node/ledger.js';
+import { failpoint } from '../failpoints.js';
+
+export interface CopyHeartbeat {
+  doneOffset: number;
+  bytesCopied: number;
+}
+
+export interface CopyResult {
+  /** Bytes holding data in the source: what the copy had to move in total. */
+  storedBytes: number;
+  /** Bytes this attempt moved. */
+  bytesCopied: number;
+  /** Offset the copy resumed from (0 for a first attempt). */
+  resumedFrom: number;
+  node: string;
+}
+
+export interface CopyProgressSignal {
+  bytesDone: number;
+  bytesTotal: number;
+  rateBps: number;
+}
+
+export interface NodeDeps {
+  node: string;
+  connector: LoopConnector;
+  ledger: AttachmentLedger;
+  throttle: Throttle;
+  blockSize: number;
+  /** Tells the workflow how far the copy is (a signal), for its progress query. */
+  notify?: (workflowId: string, p: CopyProgressSignal) => Promise<void>;
+  /** Reads a per-backup limit set through the workflow's throttle update. */
+  readLimit?: (workflowId: string) => Promise<number | undefined>;
+}
+
+/** How often progress reaches the workflow: each signal is a history event. */
+const NOTIFY_EVERY_MS = 2000;
+
+export function createNodeActivities(deps: NodeDeps) {
+  const { connector, ledger, node } = deps;
+  const ctx = () => Context.current();
+
+  return {
+    async attachVolume(input: { connection: ConnectionInfo; role: 'source' | 'destination' }): Promise<{ device: string; node: string }> {
+      await failpoint(`attach-${input.role}`);
+      ledger.record({ path: input.connection.path, backend: input.connection.backend, workflowId: ctx().info.workflowExecution?.workflowId ?? 'none' });
+      const { device } = await connector.connectVolume(input.connection);
+      return { device, node };
+    },
+
+    async detachVolume(input: { connection: ConnectionInfo }): Promise<{ detached: string[] }> {
+      await failpoint('detach');
+      const r = await connector.disconnectVolume(input.connection);
+      ledger.clear(input.connection.path);
+      return r;
+    },
+
+    async copyVolume(input: { source: ConnectionInfo; dest: ConnectionInfo; size: number; sparse: boolean }): Promise<CopyResult> {
+      const c = ctx();
+      const wf = c.info.workflowExecution?.workflowId ?? 'none';
+      const last = c.info.heartbeatDetails as CopyHeartbeat | undefined;
+      const resumedFrom = last?.doneOffset ?? 0;
+      // Attaching is idempotent; a retry on a restarted node finds or remakes the devices.
+      const src = await connector.connectVolume(input.source);
+      const dst = await connector.connectVolume(input.dest);
+      if (c.info.attempt > 1) await killStrayCopies(dst.device);
+      await failpoint('copy');
+      const extents = await dataExtents(input.source.path, input.size);
+      const storedBytes = extentBytes(extents);
+      const bytesBefore = extentBytes(extents.map((e) => ({ start: e.start, end: Math.min(e.end, Math.max(e.start, resumedFrom)) })));
+      let limit: number | undefined;
+      let lastNotify = 0;
+      let lastLimitRead = 0;
+      const started = performance.now();
+      const throttle = deps.throttle.forCopy(() => limit);
+      if (deps.readLimit) limit = await deps.readLimit(wf).catch(() => undefined);
+      const { bytesCopied } = await copyExtents({
+        source: src.device,
+        dest: dst.device,
+        extents,
+        blockSize: deps.blockSize,
+        startOffset: resumedFrom,
+        sparse: input.sparse,
+        throttle,
+        signal: c.cancellationSignal,
+        onProgress: (p) => {
+          c.heartbeat({ doneOffset: p.doneOffset, bytesCopied: p.bytesCopied } satisfies CopyHeartbeat);
+          const t = performance.now();
+          if (deps.notify && t - lastNotify >= NOTIFY_EVERY_MS) {
+            lastNotify = t;
+            const rateBps = p.bytesCopied / Math.max(0.001, (t - started) / 1000);
+            void deps.notify(wf, { bytesDone: bytesBefore + p.bytesCopied, bytesTotal: storedBytes, rateBps }).catch(() => undefined);
+          }
+          if (deps.readLimit && t - lastLimitRead >= NOTIFY_EVERY_MS) {
+            lastLimitRead = t;
+            void deps.readLimit(wf).then((l) => (limit = l)).catch(() => undefined);
+          }
+        },
+      });
+      c.heartbeat({ doneOffset: input.size, bytesCopied } satisfies CopyHeartbeat);
+      if (deps.notify) await deps.notify(wf, { bytesDone: storedBytes, bytesTotal: storedBytes, rateBps: bytesCopied / Math.max(0.001, (performance.now() - started) / 1000) }).catch(() => undefined);
+      return { storedBytes, bytesCopied, resumedFrom, node };
+    },
+  };
+}
+
+export type NodeActivities = ReturnType<typeof createNodeActivities>;

@@ -1,0 +1,114 @@
+/**
+ * The one configuration schema. Loaded and validated once per process (config/load.ts);
+ * everything downstream receives a parsed `Config` and never re-reads the file.
+ */
+import { z } from 'zod';
+import { DEFAULT_TASK_QUEUE, nameSchema } from '../api.js';
+import { parseSize } from '../size.js';
+
+const size = (what: string) =>
+  z.union([z.string(), z.number()]).transform((v, ctx) => {
+    const r = parseSize(v, what);
+    if ('error' in r) {
+      ctx.addIssue({ code: 'custom', message: r.error });
+      return z.NEVER;
+    }
+    return r.bytes;
+  });
+
+const pools = z
+  .array(nameSchema('pool'))
+  .min(1, 'pools, when given, must list at least one pool')
+  .refine((p) => new Set(p).size === p.length, { message: 'pool names must be unique' })
+  .optional();
+
+const dirPath = z.string().min(1, 'path must not be empty').refine((p) => !p.includes('\0'), { message: 'path must not contain NUL' });
+
+export const FileBackend = z.strictObject({
+  name: nameSchema('backend name'),
+  driver: z.literal('file'),
+  /** Directory holding raw sparse image files, one subdirectory per pool. */
+  path: dirPath,
+  pools,
+});
+
+export const BtrfsBackend = z.strictObject({
+  name: nameSchema('backend name'),
+  driver: z.literal('btrfs'),
+  /** Mount point of a btrfs filesystem; pools are subvolumes directly under it. */
+  path: dirPath,
+  pools,
+});
+
+export const Backend = z.discriminatedUnion('driver', [FileBackend, BtrfsBackend]);
+export type BackendConfig = z.infer<typeof Backend>;
+
+export const VolumeTarget = z.strictObject({
+  name: nameSchema('target name'),
+  /** Generic backup: a backend (and pool) used as backup storage, per the spec. */
+  driver: z.literal('volume'),
+  backend: nameSchema('backend'),
+  pool: nameSchema('pool').optional(),
+});
+
+export const Target = z.discriminatedUnion('driver', [VolumeTarget]);
+export type TargetConfig = z.infer<typeof Target>;
+
+export const NodeConfig = z.strictObject({
+  name: nameSchema('node name'),
+  backends: z.array(nameSchema('backend')).min(1, 'a node must reach at least one backend'),
+});
+export type NodeConfig = z.infer<typeof NodeConfig>;
+
+export const Config = z
+  .strictObject({
+    temporal: z
+      .strictObject({
+        address: z.string().min(1).default('127.0.0.1:7233'),
+        namespace: z.string().min(1).default('default'),
+        taskQueue: nameSchema('taskQueue').default(DEFAULT_TASK_QUEUE),
+      })
+      .prefault({}),
+    /** Catalog, node ledgers and other local state. Relative paths are relative to the config file. */
+    stateDir: dirPath.default('./var'),
+    backends: z.array(Backend).min(1, 'at least one backend is needed'),
+    targets: z.array(Target).min(1, 'at least one backup target is needed'),
+    defaultTarget: nameSchema('defaultTarget').optional(),
+    /** Nodes and the backends each reaches; default: this host reaching every backend. */
+    nodes: z.array(NodeConfig).min(1).optional(),
+    /** Like Cinder's volume_copy_bps_limit: bytes per second shared by the copies on one node. */
+    copyBpsLimit: size('copyBpsLimit').optional(),
+    /** dd block size; 4M measured best on loop devices (see README). */
+    copyBlockSize: size('copyBlockSize').default(4 * 1024 * 1024),
+  })
+  .superRefine((c, ctx) => {
+    const unique = (items: { name: string }[], key: string) => {
+      const seen = new Set<string>();
+      items.forEach((it, i) => {
+        if (seen.has(it.name)) ctx.addIssue({ code: 'custom', path: [key, i, 'name'], message: `duplicate name '${it.name}'` });
+        seen.add(it.name);
+      });
+    };
+    unique(c.backends, 'backends');
+    unique(c.targets, 'targets');
+    if (c.nodes) unique(c.nodes, 'nodes');
+    const backends = new Map(c.backends.map((b) => [b.name, b]));
+    c.targets.forEach((t, i) => {
+      const b = backends.get(t.backend);
+      if (!b) {
+        ctx.addIssue({ code: 'custom', path: ['targets', i, 'backend'], message: `unknown backend '${t.backend}' (configured: ${[...backends.keys()].join(', ')})` });
+      } else if (t.pool !== undefined && !(b.pools ?? []).includes(t.pool)) {
+        ctx.addIssue({ code: 'custom', path: ['targets', i, 'pool'], message: `backend '${b.name}' has no pool '${t.pool}' (pools: ${(b.pools ?? []).join(', ') || 'none'})` });
+      }
+    });
+    if (c.defaultTarget !== undefined && !c.targets.some((t) => t.name === c.defaultTarget)) {
+      ctx.addIssue({ code: 'custom', path: ['defaultTarget'], message: `unknown target '${c.defaultTarget}'` });
+    }
+    c.nodes?.forEach((n, i) =>
+      n.backends.forEach((b, j) => {
+        if (!backends.has(b)) ctx.addIssue({ code: 'custom', path: ['nodes', i, 'backends', j], message: `unknown backend '${b}'` });
+      }),
+    );
+    if (c.copyBlockSize % 4096 !== 0) ctx.addIssue({ code: 'custom', path: ['copyBlockSize'], message: 'copyBlockSize must be a multiple of 4096 (direct I/O)' });
+  });
+export type Config = z.infer<typeof Config>;

@@ -1,0 +1,136 @@
+/**
+ * The copy engine: dd between two block devices, extent by extent.
+ *
+ * - `iflag=direct oflag=direct`: no page cache in the way, so the copy runs at disk
+ *   speed and does not evict the host's working set.
+ * - `skip_bytes,count_bytes,seek_bytes`: byte offsets, so a copy can start at any
+ *   extent or resume offset.
+ * - `conv=sparse` when the destination is known to read zeros: all-zero blocks inside
+ *   a data extent are skipped on the destination too.
+ * - `conv=fsync`: `available` must mean on disk, not in a cache.
+ * - progress is read from dd's `status=progress` lines and reported as the highest
+ *   offset below which everything is copied, which is what a resume needs.
+ */
+import { readdir, readFile } from 'node:fs/promises';
+import { execa } from 'execa';
+import type { Extent } from './extents.js';
+import type { Throttle } from './throttle.js';
+import { GbackupError } from '../errors.js';
+
+export class CopyFailed extends GbackupError {}
+
+export interface CopyProgress {
+  /** Every byte of every extent below this offset is on the destination. */
+  doneOffset: number;
+  /** Bytes this run moved so far (excludes what an earlier attempt copied). */
+  bytesCopied: number;
+}
+
+export interface CopyRequest {
+  source: string;
+  dest: string;
+  extents: Extent[];
+  blockSize: number;
+  /** Resume point: extents (or parts) below it are already copied. */
+  startOffset?: number;
+  /** The destination reads zeros where it was not written (new or cleared volume). */
+  sparse: boolean;
+  direct?: boolean;
+  throttle?: Throttle;
+  signal?: AbortSignal;
+  onProgress?: (p: CopyProgress) => void;
+  /** Called with dd's pid so a crash can be cleaned up after (the node ledger). */
+  onSpawn?: (pid: number) => void;
+}
+
+/** Largest byte count dd reported so far in its status lines. */
+function ddBytes(chunk: string): number | null {
+  let best: number | null = null;
+  for (const m of chunk.matchAll(/(\d+) bytes/g)) best = Math.max(best ?? 0, Number(m[1]));
+  return best;
+}
+
+/** One dd run over [from, to). */
+async function ddRange(req: CopyRequest, from: number, to: number, report: (copiedInRun: number) => void): Promise<void> {
+  const direct = req.direct ?? true;
+  const conv = ['notrunc', 'fsync', ...(req.sparse ? ['sparse'] : [])].join(',');
+  const args = [
+    `if=${req.source}`,
+    `of=${req.dest}`,
+    `bs=${req.blockSize}`,
+    `iflag=${direct ? 'direct,' : ''}skip_bytes,count_bytes`,
+    `oflag=${direct ? 'direct,' : ''}seek_bytes`,
+    `conv=${conv}`,
+    `skip=${from}`,
+    `seek=${from}`,
+    `count=${to - from}`,
+    'status=progress',
+  ];
+  const child = execa('dd', args, { cancelSignal: req.signal, reject: false, stdin: 'ignore', buffer: { stderr: true, stdout: false } });
+  if (child.pid !== undefined) req.onSpawn?.(child.pid);
+  child.stderr?.setEncoding('utf8');
+  child.stderr?.on('data', (chunk: string) => {
+    const n = ddBytes(chunk);
+    if (n !== null) report(Math.min(n, to - from));
+  });
+  const r = await child;
+  if (req.signal?.aborted) throw req.signal.reason instanceof Error ? req.signal.reason : new CopyFailed('copy cancelled');
+  if (r.exitCode !== 0) {
+    const tail = String(r.stderr ?? '').split(/[\r\n]/).filter((l) => l.trim() && !/bytes .* copied/.test(l)).slice(-3).join('; ');
+    throw new CopyFailed(`dd failed at bytes ${from}-${to} (exit ${r.exitCode ?? r.signal}): ${tail || 'no message'}`);
+  }
+  report(to - from);
+}
+
+/**
+ * Copies the extents from source to dest. Returns the bytes moved by this run.
+ * Throttled copies run dd in slices so the shared limit can be applied between them.
+ */
+export async function copyExtents(req: CopyRequest): Promise<{ bytesCopied: number }> {
+  const start = req.startOffset ?? 0;
+  let copied = 0;
+  let doneOffset = start;
+  for (const e of req.extents) {
+    if (e.end <= start) continue;
+    let from = Math.max(e.start, start);
+    while (from < e.end) {
+      const slice = req.throttle?.sliceBytes(req.blockSize) ?? e.end - from;
+      const to = Math.min(e.end, from + slice);
+      await req.throttle?.acquire(to - from, req.signal);
+      const base = copied;
+      const sliceStart = from;
+      await ddRange(req, from, to, (inRun) => {
+        copied = base + inRun;
+        // Only whole blocks count as done: dd writes a block at a time.
+        doneOffset = sliceStart + Math.floor(inRun / req.blockSize) * req.blockSize;
+        if (inRun === to - sliceStart) doneOffset = to;
+        req.onProgress?.({ doneOffset, bytesCopied: copied });
+      });
+      from = to;
+    }
+    doneOffset = Math.max(doneOffset, e.end);
+  }
+  return { bytesCopied: copied };
+}
+
+/**
+ * dd processes still writing to `device`: after a worker is killed its dd child lives
+ * on, and a retry must stop it before copying to the same device again.
+ */
+export async function killStrayCopies(device: string): Promise<number[]> {
+  const killed: number[] = [];
+  for (const pid of await readdir('/proc')) {
+    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
+    const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    const argv = cmd.split('\0');
+    if (argv[0]?.endsWith('dd') && argv.includes(`of=${device}`)) {
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+        killed.push(Number(pid));
+      } catch {
+        // exited meanwhile
+      }
+    }
+  }
+  return killed;
+}

@@ -1,0 +1,45 @@
+/**
+ * A node's attachment ledger: every loop device this node attaches is written here
+ * before the attach and cleared after the detach. If the node dies in between, the
+ * entry survives, and the node's next start detaches what no running workflow owns.
+ */
+import Database from 'libsql';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+export interface LedgerEntry {
+  path: string;
+  backend: string;
+  workflowId: string;
+  createdAt: string;
+}
+
+export class AttachmentLedger {
+  private readonly db: Database.Database;
+
+  constructor(file: string) {
+    mkdirSync(dirname(file), { recursive: true });
+    this.db = new Database(file, { timeout: 15 });
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('busy_timeout = 15000');
+    this.db.exec('CREATE TABLE IF NOT EXISTS attachments (path TEXT PRIMARY KEY, backend TEXT NOT NULL, workflow_id TEXT NOT NULL, created_at TEXT NOT NULL)');
+  }
+
+  record(e: Omit<LedgerEntry, 'createdAt'>): void {
+    this.db
+      .prepare('INSERT INTO attachments (path, backend, workflow_id, created_at) VALUES (?,?,?,?) ON CONFLICT(path) DO UPDATE SET workflow_id = excluded.workflow_id')
+      .run(e.path, e.backend, e.workflowId, new Date().toISOString());
+  }
+
+  clear(path: string): void {
+    this.db.prepare('DELETE FROM attachments WHERE path = ?').run(path);
+  }
+
+  entries(): LedgerEntry[] {
+    return (this.db.prepare('SELECT path, backend, workflow_id AS workflowId, created_at AS createdAt FROM attachments ORDER BY created_at').all() as LedgerEntry[]).map((r) => ({ ...r }));
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

@@ -1,0 +1,102 @@
+/**
+ * One process's view of the configured world: drivers per backend, targets, nodes and
+ * the catalog. Built once at start-up; building it enforces the same-storage rule, so a
+ * worker (or CLI) with a broken config stops before touching anything.
+ */
+import { join } from 'node:path';
+import type { LoadedConfig } from './config/load.js';
+import { checkPlacement, type Place } from './config/placement.js';
+import type { BackendConfig, NodeConfig, TargetConfig } from './config/schema.js';
+import { Catalog } from './catalog/catalog.js';
+import type { VolumeDriver } from './drivers/volume/driver.js';
+import { FileVolumeDriver } from './drivers/volume/file.js';
+import { BackendNotFound, BackupOnlyStorage, NodeNotFound, PoolNotFound, TargetNotFound } from './errors.js';
+
+export function createDriver(b: BackendConfig): VolumeDriver {
+  switch (b.driver) {
+    case 'file':
+      return new FileVolumeDriver(b.name, b.path, b.pools);
+    case 'btrfs':
+      // btrfs arrives with the storage-assisted issue; until then it is a file backend on btrfs.
+      return new FileVolumeDriver(b.name, b.path, b.pools);
+  }
+}
+
+export class Runtime {
+  readonly drivers: Map<string, VolumeDriver>;
+  readonly targetPlaces: Map<string, Place>;
+  private catalogInstance: Catalog | undefined;
+
+  private constructor(
+    readonly config: LoadedConfig,
+    drivers: VolumeDriver[],
+  ) {
+    this.drivers = new Map(drivers.map((d) => [d.backend, d]));
+    this.targetPlaces = checkPlacement(drivers, config.targets).targetPlaces;
+  }
+
+  /** Prepares every backend (directories, capability probes) and checks the placement rule. */
+  static async open(config: LoadedConfig): Promise<Runtime> {
+    const drivers = config.backends.map(createDriver);
+    for (const d of drivers) await d.prepare();
+    return new Runtime(config, drivers);
+  }
+
+  get catalog(): Catalog {
+    this.catalogInstance ??= new Catalog(join(this.config.stateDir, 'catalog.sqlite'));
+    return this.catalogInstance;
+  }
+
+  close(): void {
+    this.catalogInstance?.close();
+  }
+
+  driver(backend: string): VolumeDriver {
+    const d = this.drivers.get(backend);
+    if (!d) throw new BackendNotFound(`backend '${backend}' not found (configured: ${[...this.drivers.keys()].join(', ')})`);
+    return d;
+  }
+
+  target(name: string | undefined): TargetConfig {
+    const wanted = name ?? this.config.defaultTarget ?? (this.config.targets.length === 1 ? this.config.targets[0]?.name : undefined);
+    if (wanted === undefined) throw new TargetNotFound(`no target given and the config has no defaultTarget (targets: ${this.config.targets.map((t) => t.name).join(', ')})`);
+    const t = this.config.targets.find((x) => x.name === wanted);
+    if (!t) throw new TargetNotFound(`target '${wanted}' not found (configured: ${this.config.targets.map((x) => x.name).join(', ')})`);
+    return t;
+  }
+
+  /**
+   * Resolves where a new volume goes: the given pool, or the backend's first pool that
+   * is not backup storage. Refuses places a target claims: those are backup-only.
+   */
+  volumePlace(backend: string, pool: string | undefined | null): string | null {
+    const d = this.driver(backend);
+    const claimedBy = (p: string | null) =>
+      [...this.targetPlaces].find(([, tp]) => tp.backend === backend && (tp.pool === null || tp.pool === p))?.[0];
+    const resolved = pool ?? d.pools.find((p) => claimedBy(p) === undefined) ?? d.pools[0] ?? null;
+    if (!d.pools.includes(resolved)) {
+      const known = d.pools.filter((p) => p !== null);
+      throw new PoolNotFound(
+        known.length === 0
+          ? `backend '${backend}' has no pools, but pool '${resolved}' was given`
+          : `backend '${backend}' has no pool '${resolved}' (pools: ${known.join(', ')})`,
+      );
+    }
+    const target = claimedBy(resolved);
+    if (target !== undefined) {
+      throw new BackupOnlyStorage(`backend '${backend}'${resolved ? ` pool '${resolved}'` : ''} holds backups only (target '${target}'); volumes cannot be created there`);
+    }
+    return resolved;
+  }
+
+  node(name: string): NodeConfig {
+    const n = this.config.nodes.find((x) => x.name === name);
+    if (!n) throw new NodeNotFound(`node '${name}' not found (configured: ${this.config.nodes.map((x) => x.name).join(', ')})`);
+    return n;
+  }
+
+  /** Backend roots a node may attach from (the connector refuses anything else). */
+  nodeRoots(node: string): string[] {
+    return this.node(node).backends.map((b) => this.driver(b).placeLocation(null));
+  }
+}

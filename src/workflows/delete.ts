@@ -1,0 +1,28 @@
+/** deleteBackup: remove a backup's data and record; refused while it is being restored. */
+import { upsertSearchAttributes } from '@temporalio/workflow';
+import { DeleteBackupInput, SEARCH_ATTRIBUTES } from '../api.js';
+import { compensation, control } from './activities.js';
+import { failureReason, parseInput, Tracker } from './common.js';
+
+export async function deleteBackup(raw: DeleteBackupInput): Promise<{ backupId: string; deleted: true }> {
+  const input = parseInput(DeleteBackupInput, raw);
+  const tracker = new Tracker({ backupId: input.backupId });
+  upsertSearchAttributes([
+    { key: SEARCH_ATTRIBUTES.backupId, value: input.backupId },
+    { key: SEARCH_ATTRIBUTES.status, value: 'deleting' },
+  ]);
+  tracker.phase('validating');
+  const { location } = await control.beginDeleteBackup({ backupId: input.backupId });
+  try {
+    tracker.phase('deleting data');
+    if (location) await control.deleteBackendVolume({ loc: location });
+    await control.finishDeleteBackup({ backupId: input.backupId });
+  } catch (err) {
+    await compensation.failDeleteBackup({ backupId: input.backupId, reason: failureReason(err) });
+    tracker.status('error');
+    throw err;
+  }
+  tracker.phase('done');
+  tracker.status('deleted');
+  return { backupId: input.backupId, deleted: true };
+}

@@ -1,0 +1,4 @@
+// The workflows a gbackup worker runs; their names are the public contract (api.ts WORKFLOWS).
+export { backupVolume } from './backup.js';
+export { restoreBackup } from './restore.js';
+export { deleteBackup } from './delete.js';

@@ -1,0 +1,64 @@
+/**
+ * restoreBackup: a backup taken on storage A onto a volume on any storage B, either a
+ * new volume (backend + pool) or an existing `available` volume at least as large.
+ * Same saga shape as the backup; the backup itself is only read and stays `available`.
+ */
+import { upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
+import { RestoreBackupInput, SEARCH_ATTRIBUTES, type RestoreResult } from '../api.js';
+import { compensation, control } from './activities.js';
+import { failureReason, parseInput, Tracker } from './common.js';
+import { runDataPath } from './datapath.js';
+import { Saga } from './saga.js';
+
+export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreResult> {
+  const input = parseInput(RestoreBackupInput, raw);
+  const newVolumeId = input.newVolumeId ?? `vol-${uuid4().replace(/-/g, '').slice(0, 12)}`;
+  const tracker = new Tracker({ backupId: input.backupId, volumeId: input.volumeId ?? newVolumeId });
+  upsertSearchAttributes([
+    { key: SEARCH_ATTRIBUTES.backupId, value: input.backupId },
+    { key: SEARCH_ATTRIBUTES.volumeId, value: input.volumeId ?? newVolumeId },
+    { key: SEARCH_ATTRIBUTES.status, value: 'restoring' },
+  ]);
+  const saga = new Saga();
+  let reason = '';
+  let dataTouched = false;
+  try {
+    tracker.phase('validating');
+    const plan = await control.beginRestore({ ...input, newVolumeId });
+    saga.add('fail restore', () => compensation.failRestore({ backupId: plan.backupId, volumeId: plan.volumeId, createdVolume: plan.createdVolume, dataTouched, reason }));
+    upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.backend, value: plan.dest.backend }]);
+    tracker.state.bytesTotal = plan.size;
+
+    if (plan.createdVolume) {
+      tracker.phase('creating volume');
+      saga.add('delete new volume', () => compensation.deleteBackendVolume({ loc: plan.dest }));
+      await control.createBackendVolume({ loc: plan.dest, size: plan.size });
+    } else {
+      // The old contents must not shine through where the backup has holes.
+      dataTouched = true;
+      await control.clearBackendVolume({ loc: plan.dest });
+    }
+
+    await runDataPath({
+      source: plan.source,
+      dest: plan.dest,
+      size: plan.size,
+      sparse: true,
+      key: plan.volumeId,
+      tracker,
+      onCopyStart: () => (dataTouched = true),
+    });
+
+    tracker.phase('finalizing');
+    const volume = await control.finalizeRestore({ backupId: plan.backupId, volumeId: plan.volumeId });
+    tracker.phase('done');
+    tracker.status('available');
+    return { volume, backupId: plan.backupId };
+  } catch (err) {
+    reason = failureReason(err);
+    tracker.phase(`failed: ${reason}`);
+    await saga.unwind();
+    tracker.status('error');
+    throw err;
+  }
+}
