@@ -117,6 +117,9 @@ export default defineConfig(
       '@typescript-eslint/no-unsafe-call': 'warn',
       '@typescript-eslint/no-unsafe-return': 'warn',
       '@typescript-eslint/no-unsafe-argument': 'warn',
+      // String(x) on a value narrowed from `unknown` (database rows) is typed `{}` and trips this
+      // rule although the value is a primitive at run time; keep it visible, not fatal.
+      '@typescript-eslint/no-base-to-string': 'warn',
       // Activities and driver interfaces are async by contract even when one implementation
       // happens to finish synchronously.
       '@typescript-eslint/require-await': 'off',

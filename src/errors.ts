@@ -7,7 +7,9 @@
  */
 export class GbackupError extends Error {
   /** Exit code the CLI uses: 2 for bad input or usage, 1 for a failed operation. */
-  readonly exitCode: 1 | 2 = 1;
+  get exitCode(): 1 | 2 {
+    return 1;
+  }
   constructor(message: string) {
     super(message);
     this.name = new.target.name;
@@ -16,7 +18,9 @@ export class GbackupError extends Error {
 
 /** Bad input: the caller asked for something impossible or malformed. */
 export class InvalidInput extends GbackupError {
-  override readonly exitCode = 2;
+  override get exitCode(): 1 | 2 {
+    return 2;
+  }
 }
 
 export class InvalidConfig extends InvalidInput {}

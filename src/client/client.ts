@@ -1,0 +1,158 @@
+/**
+ * Starting and watching gbackup workflows with a plain @temporalio/client: what the CLI
+ * uses, and a worked example for other services (they need only api.ts's names and
+ * shapes; nothing here is required).
+ */
+import { Client, Connection, WorkflowExecutionAlreadyStartedError, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ActivityFailure, ApplicationFailure, CancelledFailure, TimeoutFailure } from '@temporalio/common';
+import {
+  SEARCH_ATTRIBUTES,
+  WORKFLOWS,
+  workflowIds,
+  type BackupResult,
+  type BackupVolumeInput,
+  type DeleteBackupInput,
+  type Progress,
+  type RestoreBackupInput,
+  type RestoreResult,
+} from '../api.js';
+import type { LoadedConfig } from '../config/load.js';
+import { BackupInProgress, GbackupError, INPUT_ERROR_TYPES, InvalidInput, InvalidStatus } from '../errors.js';
+
+/** A workflow's failure, carried back with the original error type. */
+export class WorkflowError extends GbackupError {
+  constructor(
+    message: string,
+    readonly type: string,
+    readonly workflowId: string,
+  ) {
+    super(message);
+  }
+  override get exitCode(): 1 | 2 {
+    return INPUT_ERROR_TYPES.has(this.type) ? 2 : 1;
+  }
+}
+
+function unwrap(err: unknown, workflowId: string): Error {
+  if (!(err instanceof WorkflowFailedError)) return err as Error;
+  let e: unknown = err.cause;
+  while (e instanceof ActivityFailure && e.cause) e = e.cause;
+  if (e instanceof ApplicationFailure) return new WorkflowError(e.message, e.type ?? 'Error', workflowId);
+  if (e instanceof CancelledFailure) return new WorkflowError('cancelled', 'Cancelled', workflowId);
+  if (e instanceof TimeoutFailure) return new WorkflowError(`timed out (${e.timeoutType})`, 'Timeout', workflowId);
+  return new WorkflowError(e instanceof Error ? e.message : String(e), 'Error', workflowId);
+}
+
+export class GbackupClient {
+  private constructor(
+    readonly client: Client,
+    private readonly connection: Connection,
+    readonly taskQueue: string,
+  ) {}
+
+  static async connect(config: Pick<LoadedConfig, 'temporal'>): Promise<GbackupClient> {
+    const connection = await Connection.connect({ address: config.temporal.address, connectTimeout: '5s' }).catch((e: Error) => {
+      throw new GbackupError(`cannot reach Temporal at ${config.temporal.address}: ${e.message} (is 'gbackup dev' or a Temporal server running?)`);
+    });
+    return new GbackupClient(new Client({ connection, namespace: config.temporal.namespace }), connection, config.temporal.taskQueue);
+  }
+
+  async close(): Promise<void> {
+    await this.connection.close();
+  }
+
+  async startBackup(input: BackupVolumeInput & { backupId: string }, labels: { target: string; backend: string }): Promise<WorkflowHandle> {
+    const workflowId = workflowIds.backup(input.volumeId);
+    try {
+      return await this.client.workflow.start(WORKFLOWS.backupVolume, {
+        taskQueue: this.taskQueue,
+        workflowId,
+        args: [input],
+        staticSummary: `Back up volume ${input.volumeId} to target ${labels.target} as backup ${input.backupId}`,
+        typedSearchAttributes: [
+          { key: SEARCH_ATTRIBUTES.volumeId, value: input.volumeId },
+          { key: SEARCH_ATTRIBUTES.backupId, value: input.backupId },
+          { key: SEARCH_ATTRIBUTES.target, value: labels.target },
+          { key: SEARCH_ATTRIBUTES.backend, value: labels.backend },
+          { key: SEARCH_ATTRIBUTES.status, value: 'creating' },
+        ],
+      });
+    } catch (e) {
+      if (e instanceof WorkflowExecutionAlreadyStartedError) {
+        throw new BackupInProgress(`volume '${input.volumeId}' already has a backup running (workflow ${workflowId}); one backup per volume at a time`);
+      }
+      throw e;
+    }
+  }
+
+  async startRestore(input: RestoreBackupInput & { newVolumeId?: string }): Promise<WorkflowHandle> {
+    const workflowId = workflowIds.restore(input.backupId);
+    try {
+      return await this.client.workflow.start(WORKFLOWS.restoreBackup, {
+        taskQueue: this.taskQueue,
+        workflowId,
+        args: [input],
+        staticSummary: `Restore backup ${input.backupId} onto ${input.volumeId ? `volume ${input.volumeId}` : `a new volume on ${input.backend}${input.pool ? `/${input.pool}` : ''}`}`,
+        typedSearchAttributes: [
+          { key: SEARCH_ATTRIBUTES.backupId, value: input.backupId },
+          { key: SEARCH_ATTRIBUTES.volumeId, value: input.volumeId ?? input.newVolumeId ?? '' },
+          { key: SEARCH_ATTRIBUTES.status, value: 'restoring' },
+        ],
+      });
+    } catch (e) {
+      if (e instanceof WorkflowExecutionAlreadyStartedError) {
+        throw new InvalidStatus(`backup '${input.backupId}' is already being restored (workflow ${workflowId})`);
+      }
+      throw e;
+    }
+  }
+
+  async startDelete(input: DeleteBackupInput): Promise<WorkflowHandle> {
+    const workflowId = workflowIds.deleteBackup(input.backupId);
+    try {
+      return await this.client.workflow.start(WORKFLOWS.deleteBackup, {
+        taskQueue: this.taskQueue,
+        workflowId,
+        args: [input],
+        staticSummary: `Delete backup ${input.backupId}`,
+        typedSearchAttributes: [
+          { key: SEARCH_ATTRIBUTES.backupId, value: input.backupId },
+          { key: SEARCH_ATTRIBUTES.status, value: 'deleting' },
+        ],
+      });
+    } catch (e) {
+      if (e instanceof WorkflowExecutionAlreadyStartedError) throw new InvalidStatus(`backup '${input.backupId}' is already being deleted`);
+      throw e;
+    }
+  }
+
+  /** Waits for a workflow's result; its failure comes back as a WorkflowError with the original type. */
+  async result<T>(handle: WorkflowHandle): Promise<T> {
+    try {
+      return (await handle.result()) as T;
+    } catch (e) {
+      throw unwrap(e, handle.workflowId);
+    }
+  }
+
+  async progress(handle: WorkflowHandle): Promise<Progress | null> {
+    try {
+      return await handle.query<Progress>('progress');
+    } catch {
+      return null;
+    }
+  }
+
+  async cancel(workflowId: string): Promise<void> {
+    const handle = this.client.workflow.getHandle(workflowId);
+    const d = await handle.describe();
+    if (d.status.name !== 'RUNNING') throw new InvalidInput(`workflow ${workflowId} is not running (${d.status.name})`);
+    await handle.cancel();
+  }
+
+  async throttle(workflowId: string, bps: number | null): Promise<number | null> {
+    return this.client.workflow.getHandle(workflowId).executeUpdate<number | null, [{ bps: number | null }]>('throttle', { args: [{ bps }] });
+  }
+}
+
+export type { BackupResult, RestoreResult };

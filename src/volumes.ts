@@ -1,0 +1,126 @@
+/**
+ * Volume management on this host: create, import, export, delete, checksum. These run
+ * where the backends are reachable (a gbackup node) and keep the catalog and the
+ * storage in step: a failure undoes the half-made volume and its record.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { execa } from 'execa';
+import { idSchema, nameSchema, type VolumeView } from './api.js';
+import { LoopConnector } from './connectors/loop.js';
+import { copyExtents } from './copy/dd.js';
+import { dataExtents } from './copy/extents.js';
+import { InvalidInput, InvalidName, InvalidSize, InvalidStatus } from './errors.js';
+import type { Runtime } from './runtime.js';
+import { MiB, parseSize, roundUp } from './size.js';
+
+export const newId = (prefix: string) => `${prefix}-${randomBytes(6).toString('hex')}`;
+
+export function checkName(value: string, what: string, kind: 'id' | 'name' = 'name'): string {
+  const r = (kind === 'id' ? idSchema(what) : nameSchema(what)).safeParse(value);
+  if (!r.success) throw new InvalidName(r.error.issues[0]?.message ?? `invalid ${what}`);
+  return r.data;
+}
+
+export function checkSize(text: string): number {
+  const r = parseSize(text);
+  if ('error' in r) throw new InvalidSize(r.error);
+  if (r.bytes % MiB !== 0) throw new InvalidSize(`size must be a whole number of MiB (direct I/O and loop devices need it), got ${r.bytes} bytes`);
+  return r.bytes;
+}
+
+export class Volumes {
+  constructor(private readonly rt: Runtime) {}
+
+  private connector(): LoopConnector {
+    return new LoopConnector([...this.rt.drivers.values()].map((d) => d.placeLocation(null)));
+  }
+
+  async create(input: { backend: string; pool?: string; size: number; name?: string; id?: string; keepCreating?: boolean }): Promise<VolumeView> {
+    const id = input.id ? checkName(input.id, 'volume id', 'id') : newId('vol');
+    const name = input.name ? checkName(input.name, 'volume name') : id;
+    const pool = this.rt.volumePlace(input.backend, input.pool);
+    const driver = this.rt.driver(input.backend);
+    await (driver as { checkSpace?: (p: string | null, s: number) => Promise<void> }).checkSpace?.(pool, input.size);
+    const cat = this.rt.catalog;
+    if (cat.findVolume(id)) throw new InvalidInput(`volume id '${id}' is already used`);
+    cat.insertVolume({ id, name, backend: input.backend, pool, size: input.size, status: 'creating' });
+    try {
+      await driver.createVolume({ pool, name: id }, input.size);
+    } catch (e) {
+      await driver.deleteVolume({ pool, name: id }).catch(() => undefined);
+      cat.deleteVolumeRecord(id);
+      throw e;
+    }
+    return input.keepCreating ? cat.volume(id) : cat.transitionVolume(id, ['creating'], 'available');
+  }
+
+  /** A new volume holding the file's bytes (size rounded up to whole MiB, zero-filled). */
+  async import(input: { backend: string; pool?: string; file: string; name?: string }): Promise<VolumeView> {
+    const st = await stat(input.file).catch(() => {
+      throw new InvalidInput(`cannot read image file '${input.file}'`);
+    });
+    if (!st.isFile() || st.size === 0) throw new InvalidInput(`image file '${input.file}' is empty or not a regular file`);
+    const vol = await this.create({ backend: input.backend, pool: input.pool, size: roundUp(st.size, MiB), name: input.name, keepCreating: true });
+    const conn = this.rt.driver(vol.backend).initializeConnection({ pool: vol.pool, name: vol.id });
+    const connector = this.connector();
+    try {
+      const { device } = await connector.connectVolume(conn);
+      await copyExtents({ source: input.file, dest: device, extents: await dataExtents(input.file, st.size), blockSize: 4 * MiB, sparse: true, direct: false });
+    } catch (e) {
+      await connector.disconnectVolume(conn);
+      await this.rt.driver(vol.backend).deleteVolume({ pool: vol.pool, name: vol.id });
+      this.rt.catalog.deleteVolumeRecord(vol.id);
+      throw e;
+    }
+    await connector.disconnectVolume(conn);
+    return this.rt.catalog.transitionVolume(vol.id, ['creating'], 'available');
+  }
+
+  /** Writes the volume's bytes to a file (sparse where the volume has holes). */
+  async export(id: string, file: string): Promise<{ volume: VolumeView; file: string; bytes: number }> {
+    const vol = this.rt.catalog.volume(checkName(id, 'volume id', 'id'));
+    if (!['available', 'in-use'].includes(vol.status)) throw new InvalidStatus(`volume '${vol.id}' is '${vol.status}'; export needs 'available' or 'in-use'`);
+    const conn = this.rt.driver(vol.backend).initializeConnection({ pool: vol.pool, name: vol.id }, { readOnly: true });
+    // The export reads the image through its own loop device, like a node would.
+    const connector = this.connector();
+    const { device } = await connector.connectVolume(conn);
+    try {
+      await execa('truncate', ['-s', '0', '--', file]).catch(() => undefined);
+      await execa('truncate', ['-s', String(vol.size), '--', file]);
+      await copyExtents({ source: device, dest: file, extents: await dataExtents(conn.path, vol.size), blockSize: 4 * MiB, sparse: true, direct: false });
+    } finally {
+      await connector.disconnectVolume(conn);
+    }
+    return { volume: vol, file, bytes: vol.size };
+  }
+
+  async delete(id: string): Promise<VolumeView> {
+    const cat = this.rt.catalog;
+    const vol = cat.transitionVolume(checkName(id, 'volume id', 'id'), ['available', 'error'], 'deleting');
+    const driver = this.rt.driver(vol.backend);
+    try {
+      await this.connector().disconnectVolume(driver.initializeConnection({ pool: vol.pool, name: vol.id }));
+      await driver.deleteVolume({ pool: vol.pool, name: vol.id });
+    } catch (e) {
+      cat.transitionVolume(vol.id, ['deleting'], 'error', { error: `delete failed: ${(e as Error).message}` });
+      throw e;
+    }
+    cat.deleteVolumeRecord(vol.id);
+    return vol;
+  }
+
+  /** sha256 of the volume's bytes, read from its storage. */
+  async sha256(id: string): Promise<string> {
+    const vol = this.rt.catalog.volume(id);
+    const path = this.rt.driver(vol.backend).initializeConnection({ pool: vol.pool, name: vol.id }).path;
+    return sha256File(path);
+  }
+}
+
+export async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 4 * MiB })) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
