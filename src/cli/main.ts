@@ -287,7 +287,22 @@ async function backendCommand(sub: string | undefined, argv: string[], out: Out)
   );
 }
 
-export async function main(argv: string[]): Promise<number> {
+/** Global options may stand anywhere; they are moved behind the command for its parser. */
+function hoistGlobals(argv: string[]): string[] {
+  const globals: string[] = [];
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--json') globals.push(a);
+    else if (a === '--config' && i + 1 < argv.length) globals.push(a, argv[++i]!);
+    else if (a.startsWith('--config=')) globals.push(a);
+    else rest.push(a);
+  }
+  return [...rest, ...globals];
+}
+
+export async function main(rawArgv: string[]): Promise<number> {
+  const argv = hoistGlobals(rawArgv);
   const json = argv.includes('--json');
   const out = makeOut(json);
   const [cmd, sub, ...rest] = argv;

@@ -30,9 +30,10 @@ export const control = proxyActivities<ControlActivities>({
   retry: { ...retry, maximumAttempts: 8 },
 });
 
+// No maximumAttempts: unlimited.
 export const compensation = proxyActivities<ControlActivities>({
   startToCloseTimeout: '2 minutes',
-  retry: { ...retry, maximumAttempts: 0 },
+  retry,
 });
 
 const nodeStep = (queue: string): ActivityOptions => ({
@@ -47,7 +48,7 @@ export function nodeActivities(taskQueue: string, node: string) {
   return {
     steps: proxyActivities<NodeActivities>(nodeStep(queue)),
     /** Undo steps: retried until the node answers, unless it never picks them up. */
-    undo: proxyActivities<NodeActivities>({ ...nodeStep(queue), retry: { ...retry, maximumAttempts: 0 } }),
+    undo: proxyActivities<NodeActivities>({ ...nodeStep(queue), retry }),
     copy: proxyActivities<NodeActivities>({
       taskQueue: queue,
       startToCloseTimeout: '24 hours',

@@ -1,0 +1,48 @@
+/**
+ * The no-leak check: nothing attached, nothing half-made, nothing on storage that the
+ * catalog does not account for.
+ */
+import { readdirSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { listLoopDevices } from '../../src/connectors/loop.js';
+import { AttachmentLedger } from '../../src/node/ledger.js';
+import type { TestEnv } from './env.js';
+
+export interface LeakReport {
+  loopDevices: string[];
+  ledgerEntries: string[];
+  unreferencedVolumes: string[];
+  partialFiles: string[];
+}
+
+export async function findLeaks(env: TestEnv): Promise<LeakReport> {
+  const loopDevices = (await listLoopDevices()).filter((d) => d.backingFile.startsWith(env.dir)).map((d) => `${d.device} -> ${d.backingFile}`);
+  const ledgerEntries: string[] = [];
+  const nodesDir = join(env.config.stateDir, 'nodes');
+  if (existsSync(nodesDir)) {
+    for (const node of readdirSync(nodesDir)) {
+      const l = new AttachmentLedger(join(nodesDir, node, 'ledger.sqlite'));
+      ledgerEntries.push(...l.entries().map((e) => `${node}: ${e.path}`));
+      l.close();
+    }
+  }
+  const cat = env.rt.catalog;
+  const known = new Set<string>();
+  for (const v of cat.listVolumes()) known.add(`${v.backend}/${v.pool ?? ''}/${v.id}`);
+  for (const s of cat.listSnapshots()) known.add(`${s.backend}/${s.pool ?? ''}/${s.id}`);
+  for (const b of cat.listBackups()) if (b.location) known.add(`${b.location.backend}/${b.location.pool ?? ''}/${b.location.name}`);
+  const unreferencedVolumes: string[] = [];
+  const partialFiles: string[] = [];
+  for (const [name, d] of env.rt.drivers) {
+    for (const loc of await d.listVolumes()) {
+      const key = `${name}/${loc.pool ?? ''}/${loc.name}`;
+      if (!known.has(key)) unreferencedVolumes.push(key);
+    }
+    for (const pool of d.pools) {
+      for (const f of readdirSync(d.placeLocation(pool))) if (/\.(creating|tmp)$/.test(f)) partialFiles.push(`${name}/${pool ?? ''}/${f}`);
+    }
+  }
+  return { loopDevices, ledgerEntries, unreferencedVolumes, partialFiles };
+}
+
+export const NO_LEAKS: LeakReport = { loopDevices: [], ledgerEntries: [], unreferencedVolumes: [], partialFiles: [] };
