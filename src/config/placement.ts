@@ -60,8 +60,10 @@ export function checkPlacement(drivers: readonly PlacementDriver[], targets: rea
     const pool = t.pool ?? null;
     targetPlaces.set(t.name, { backend: t.backend, pool, location: resolveDir(d.placeLocation(pool)) });
   }
-  const claimed = (backend: string, pool: string | null) =>
-    [...targetPlaces.values()].some((p) => p.backend === backend && (p.pool === pool || p.pool === null));
+  // A target claims exactly its place. A pool-less target on a backend with pools does
+  // not make those pools backup-only: they still hold volumes, and the overlap check
+  // below refuses the pair.
+  const claimed = (backend: string, pool: string | null) => [...targetPlaces.values()].some((p) => p.backend === backend && p.pool === pool);
   const volumePlaces: Place[] = [];
   for (const d of drivers) {
     for (const pool of d.pools) {
