@@ -21,12 +21,12 @@ import { startWorkers, type RunningWorkers } from '../../src/workers/worker.js';
 import { MiB } from '../../src/size.js';
 
 let loggerInstalled = false;
-/** Worker logs at WARN, so test output shows what matters. */
+/** Worker logs at ERROR (expected activity failures are WARN), so test output shows what matters. */
 export function quietTemporal(): void {
   if (loggerInstalled) return;
   loggerInstalled = true;
   try {
-    TemporalRuntime.install({ logger: new DefaultLogger('WARN') });
+    TemporalRuntime.install({ logger: new DefaultLogger('ERROR') });
   } catch {
     // already installed by another helper in this process
   }

@@ -1,0 +1,194 @@
+/**
+ * The `btrfs` driver: volumes are sparse raw image files like the `file` driver's (so a
+ * node attaches them through the same loop connector), kept on a btrfs filesystem whose
+ * pools are subvolumes directly under the backend's path.
+ *
+ * What btrfs does better is copying: a reflink (FICLONE) shares every extent of the
+ * source, so a snapshot, and a backup or restore between two places on the same
+ * filesystem, costs a metadata update instead of a full read and write. Images keep COW
+ * on (no NOCOW attribute): reflinks need it.
+ */
+import { constants as fsc } from 'node:fs';
+import { copyFile, mkdir, rename, rm, stat, statfs, truncate, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { execa } from 'execa';
+import type { DriverCapabilities, VolumeDriver, VolumeLocator } from './driver.js';
+import { assertSafeName, FileVolumeDriver } from './file.js';
+import { GbackupError, InvalidConfig } from '../../errors.js';
+
+/** statfs(2) f_type of btrfs (BTRFS_SUPER_MAGIC). */
+export const BTRFS_SUPER_MAGIC = 0x9123683e;
+/** Inode number of every subvolume's root directory on btrfs (BTRFS_FIRST_FREE_OBJECTID). */
+const SUBVOLUME_ROOT_INODE = 256;
+
+export class BtrfsError extends GbackupError {}
+
+/** True when `path` lives on a btrfs filesystem. */
+export async function isOnBtrfs(path: string): Promise<boolean> {
+  return (await statfs(path)).type === BTRFS_SUPER_MAGIC;
+}
+
+/**
+ * The UUID of the btrfs filesystem holding `path`. Every subvolume of one filesystem
+ * reports the same UUID, while st_dev and statfs' f_fsid differ per subvolume, so this
+ * is what "same filesystem" compares.
+ */
+export async function btrfsFilesystemUuid(path: string): Promise<string> {
+  const mountPoint = (await execa('findmnt', ['--noheadings', '--output', 'TARGET', '--target', path])).stdout.trim();
+  // `btrfs filesystem show` asks the mounted filesystem itself (it only accepts a mount
+  // point or a device); findmnt's UUID comes from blkid and serves when that fails.
+  const show = await execa('btrfs', ['filesystem', 'show', '--raw', mountPoint], { reject: false });
+  const fromShow = /uuid:\s*([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/i.exec(show.stdout)?.[1];
+  if (fromShow) return fromShow.toLowerCase();
+  const fromFindmnt = (await execa('findmnt', ['--noheadings', '--output', 'UUID', '--target', path], { reject: false })).stdout.trim();
+  if (/^[0-9a-f-]{36}$/i.test(fromFindmnt)) return fromFindmnt.toLowerCase();
+  throw new BtrfsError(`cannot tell the btrfs filesystem UUID of '${path}' (mounted at '${mountPoint}'): ${show.stderr.trim() || 'no uuid in output'}`);
+}
+
+/** Nearest existing ancestor of `path` (itself included). */
+async function nearestExisting(path: string): Promise<string> {
+  for (let p = path; ; p = dirname(p)) {
+    try {
+      await stat(p);
+      return p;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || dirname(p) === p) throw e;
+    }
+  }
+}
+
+/** Errors of a clone that a plain copy would not have: the pair is not reflinkable. */
+const NOT_CLONEABLE = new Set(['EXDEV', 'EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENOSYS']);
+
+export class BtrfsVolumeDriver extends FileVolumeDriver {
+  override readonly driverName: string = 'btrfs';
+  private uuid: Promise<string> | undefined;
+
+  /**
+   * Checks that the path is on btrfs, then makes each missing pool a subvolume.
+   * Idempotent, and safe when two processes prepare the same backend at once.
+   */
+  override async prepare(): Promise<void> {
+    const existing = await nearestExisting(this.root);
+    if (!(await isOnBtrfs(existing))) {
+      const { stdout: fsType } = await execa('stat', ['--file-system', '--format', '%T', existing], { reject: false });
+      throw new InvalidConfig(
+        `backend '${this.backend}' (driver btrfs): path '${this.root}' is not on a btrfs filesystem` +
+          (fsType ? ` ('${existing}' is on ${fsType.trim()})` : '') +
+          '; mount a btrfs filesystem there, or use driver: file',
+      );
+    }
+    // A path inside the filesystem that does not exist yet is made as a plain directory.
+    await mkdir(this.root, { recursive: true });
+    for (const pool of this.pools) if (pool !== null) await this.ensureSubvolume(pool);
+    this.uuid = btrfsFilesystemUuid(this.root);
+    await this.uuid;
+    await this.checkCloneWorks();
+  }
+
+  private async ensureSubvolume(pool: string): Promise<void> {
+    assertSafeName(pool);
+    const dir = this.placeLocation(pool);
+    if (await this.poolDirectoryExists(pool, dir)) return;
+    const r = await execa('btrfs', ['subvolume', 'create', dir], { reject: false });
+    // Another process may have made it between the check and the create.
+    if (r.exitCode !== 0 && !(await this.poolDirectoryExists(pool, dir))) {
+      throw new BtrfsError(`backend '${this.backend}': cannot create subvolume for pool '${pool}' at '${dir}': ${r.stderr.trim() || r.stdout.trim()}`);
+    }
+  }
+
+  /**
+   * An existing subvolume is the expected case; an existing plain directory (say, a
+   * backend switched from driver file) also works, because reflinks do not need
+   * subvolumes, so it is accepted as it is rather than refused or moved.
+   */
+  private async poolDirectoryExists(pool: string, dir: string): Promise<boolean> {
+    try {
+      const s = await stat(dir);
+      if (!s.isDirectory()) throw new InvalidConfig(`backend '${this.backend}': pool '${pool}' path '${dir}' exists and is not a directory`);
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw e;
+    }
+  }
+
+  /** True when the pool's directory is a subvolume (not just a directory on btrfs). */
+  async isSubvolume(pool: string | null): Promise<boolean> {
+    return (await stat(this.placeLocation(pool))).ino === SUBVOLUME_ROOT_INODE;
+  }
+
+  /**
+   * One tiny clone per pool at start-up: a pool directory marked NOCOW (chattr +C), for
+   * one, makes its new files unclonable, and that should stop the worker, not a backup.
+   */
+  private async checkCloneWorks(): Promise<void> {
+    for (const pool of this.pools) {
+      const a = `${this.placeLocation(pool)}/.reflink-probe-${process.pid}`;
+      const b = `${a}.clone`;
+      try {
+        await writeFile(a, 'probe');
+        await copyFile(a, b, fsc.COPYFILE_FICLONE_FORCE);
+      } catch (e) {
+        throw new BtrfsError(`backend '${this.backend}'${pool ? ` pool '${pool}'` : ''}: reflink clone fails in '${this.placeLocation(pool)}' (${(e as Error).message}); is it marked NOCOW?`);
+      } finally {
+        await rm(a, { force: true });
+        await rm(b, { force: true });
+      }
+    }
+  }
+
+  override async capabilities(): Promise<DriverCapabilities> {
+    return { snapshotMethod: 'reflink', storageAssistedBackup: true, sparseCopy: true };
+  }
+
+  /** The UUID of this backend's btrfs filesystem, asked once. */
+  filesystemUuid(): Promise<string> {
+    this.uuid ??= btrfsFilesystemUuid(this.root);
+    // A failed lookup is not remembered: the next call asks again.
+    this.uuid.catch(() => {
+      this.uuid = undefined;
+    });
+    return this.uuid;
+  }
+
+  /** O(1): the snapshot shares every extent with the source until either is written. */
+  override async createSnapshot(source: VolumeLocator, snapshot: VolumeLocator): Promise<void> {
+    const src = this.imagePath(source);
+    const dst = this.imagePath(snapshot);
+    if ((await this.volumeSize(snapshot)) !== null) return;
+    const tmp = `${dst}.creating`;
+    await copyFile(src, tmp, fsc.COPYFILE_FICLONE_FORCE);
+    await rename(tmp, dst);
+  }
+
+  /**
+   * Backup or restore by reflink when the source is a btrfs volume on this same
+   * filesystem (any pool, any backend configured on it): the destination becomes a clone
+   * of the whole source image, replaced atomically, so a retry after success, or after a
+   * crash at any point, ends in the same state. A destination that was larger than the
+   * source keeps its size, with zeros past the source's end, as the generic path leaves it.
+   * Anything else returns false and the caller copies with dd.
+   */
+  override async storageAssistedCopy(sourceDriver: VolumeDriver, source: VolumeLocator, dest: VolumeLocator): Promise<boolean> {
+    if (!(sourceDriver instanceof BtrfsVolumeDriver)) return false;
+    const [srcUuid, ownUuid] = await Promise.all([sourceDriver.filesystemUuid(), this.filesystemUuid()]);
+    if (srcUuid !== ownUuid) return false;
+    const src = sourceDriver.imagePath(source);
+    const dst = this.imagePath(dest);
+    const srcSize = (await stat(src)).size;
+    const destSize = (await this.volumeSize(dest)) ?? 0;
+    const tmp = `${dst}.creating`;
+    try {
+      await copyFile(src, tmp, fsc.COPYFILE_FICLONE_FORCE);
+    } catch (e) {
+      await rm(tmp, { force: true });
+      // Same filesystem, yet not clonable (e.g. a NOCOW source): dd still can.
+      if (NOT_CLONEABLE.has((e as NodeJS.ErrnoException).code ?? '')) return false;
+      throw e;
+    }
+    if (destSize > srcSize) await truncate(tmp, destSize);
+    await rename(tmp, dst);
+    return true;
+  }
+}
