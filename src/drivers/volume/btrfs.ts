@@ -8,6 +8,7 @@
  * filesystem, costs a metadata update instead of a full read and write. Images keep COW
  * on (no NOCOW attribute): reflinks need it.
  */
+import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
 import { copyFile, mkdir, rename, rm, stat, statfs, truncate, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -81,8 +82,8 @@ export class BtrfsVolumeDriver extends FileVolumeDriver {
     // A path inside the filesystem that does not exist yet is made as a plain directory.
     await mkdir(this.root, { recursive: true });
     for (const pool of this.pools) if (pool !== null) await this.ensureSubvolume(pool);
-    this.uuid = btrfsFilesystemUuid(this.root);
-    await this.uuid;
+    this.uuid = undefined;
+    await this.filesystemUuid();
     await this.checkCloneWorks();
   }
 
@@ -124,7 +125,7 @@ export class BtrfsVolumeDriver extends FileVolumeDriver {
    */
   private async checkCloneWorks(): Promise<void> {
     for (const pool of this.pools) {
-      const a = `${this.placeLocation(pool)}/.reflink-probe-${process.pid}`;
+      const a = `${this.placeLocation(pool)}/.reflink-probe-${process.pid}-${randomBytes(4).toString('hex')}`;
       const b = `${a}.clone`;
       try {
         await writeFile(a, 'probe');
@@ -144,11 +145,14 @@ export class BtrfsVolumeDriver extends FileVolumeDriver {
 
   /** The UUID of this backend's btrfs filesystem, asked once. */
   filesystemUuid(): Promise<string> {
-    this.uuid ??= btrfsFilesystemUuid(this.root);
-    // A failed lookup is not remembered: the next call asks again.
-    this.uuid.catch(() => {
-      this.uuid = undefined;
-    });
+    if (!this.uuid) {
+      const lookup = btrfsFilesystemUuid(this.root);
+      this.uuid = lookup;
+      // A failed lookup is not remembered: the next call asks again.
+      lookup.catch(() => {
+        if (this.uuid === lookup) this.uuid = undefined;
+      });
+    }
     return this.uuid;
   }
 
