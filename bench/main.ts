@@ -188,21 +188,52 @@ const tsMs = (t: Ts | null | undefined): number => {
   return s * 1000 + (t.nanos ?? 0) / 1e6;
 };
 
-async function copyActivitySeconds(handle: WorkflowHandle): Promise<{ copy: number; server: number }> {
+interface Timeline {
+  /** First to last history event, as the server saw it. */
+  serverSeconds: number;
+  activities: { name: string; queuedSeconds: number; runSeconds: number }[];
+  /** The copy activity's run time (started -> completed). */
+  copySeconds: number;
+  /** Every other activity's run time, summed. */
+  otherActivitySeconds: number;
+  /** Scheduled -> started, summed: task queue dispatch latency. */
+  queuedSeconds: number;
+  /** The rest of the server time: workflow tasks, history writes, gaps between steps. */
+  workflowSeconds: number;
+}
+
+/** Where a workflow's time went, from its history (activities run one after another in ours). */
+async function timeline(handle: WorkflowHandle): Promise<Timeline> {
   const events = (await handle.fetchHistory()).events ?? [];
-  const scheduled = new Map<string, number>();
-  const started = new Map<string, number>();
-  let copyMs = 0;
+  const byScheduled = new Map<string, { name: string; scheduled: number; started?: number; ended?: number }>();
   for (const e of events) {
-    const id = String(e.eventId);
-    if (e.activityTaskScheduledEventAttributes?.activityType?.name === 'copyVolume') scheduled.set(id, tsMs(e.eventTime));
+    const at = tsMs(e.eventTime);
+    const sch = e.activityTaskScheduledEventAttributes;
+    if (sch) byScheduled.set(String(e.eventId), { name: sch.activityType?.name ?? '?', scheduled: at });
     const st = e.activityTaskStartedEventAttributes;
-    if (st && scheduled.has(String(st.scheduledEventId))) started.set(String(st.scheduledEventId), tsMs(e.eventTime));
-    const done = e.activityTaskCompletedEventAttributes;
-    if (done && started.has(String(done.scheduledEventId))) copyMs += tsMs(e.eventTime) - started.get(String(done.scheduledEventId))!;
+    if (st) {
+      const a = byScheduled.get(String(st.scheduledEventId));
+      if (a) a.started = at;
+    }
+    const end =
+      e.activityTaskCompletedEventAttributes ?? e.activityTaskFailedEventAttributes ?? e.activityTaskTimedOutEventAttributes ?? e.activityTaskCanceledEventAttributes;
+    if (end) {
+      const a = byScheduled.get(String(end.scheduledEventId));
+      if (a) a.ended = at;
+    }
   }
-  const server = events.length > 1 ? tsMs(events[events.length - 1]!.eventTime) - tsMs(events[0]!.eventTime) : NaN;
-  return { copy: copyMs / 1000, server: server / 1000 };
+  const activities = [...byScheduled.values()].map((a) => ({
+    name: a.name,
+    // An activity's started event is written with its completion; its time is still the start.
+    queuedSeconds: ((a.started ?? a.scheduled) - a.scheduled) / 1000,
+    runSeconds: ((a.ended ?? a.started ?? a.scheduled) - (a.started ?? a.scheduled)) / 1000,
+  }));
+  const serverSeconds = events.length > 1 ? (tsMs(events[events.length - 1]!.eventTime) - tsMs(events[0]!.eventTime)) / 1000 : NaN;
+  const sum = (xs: number[]) => xs.reduce((n, x) => n + x, 0);
+  const copySeconds = sum(activities.filter((a) => a.name === 'copyVolume').map((a) => a.runSeconds));
+  const otherActivitySeconds = sum(activities.filter((a) => a.name !== 'copyVolume').map((a) => a.runSeconds));
+  const queuedSeconds = sum(activities.map((a) => a.queuedSeconds));
+  return { serverSeconds, activities, copySeconds, otherActivitySeconds, queuedSeconds, workflowSeconds: serverSeconds - copySeconds - otherActivitySeconds - queuedSeconds };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -261,8 +292,10 @@ interface Run {
   backupId: string;
   backupSeconds: number;
   backupCopySeconds: number;
+  backupTimeline: Timeline;
   restoreSeconds: number;
   restoreCopySeconds: number;
+  restoreTimeline: Timeline;
   storedBytes: number;
   restoredVolumeId: string;
   restoredSha256: string;
@@ -309,8 +342,8 @@ async function backupAndRestore(client: GbackupClient, rt: Runtime, volumes: Vol
     const h = await client.startBackup({ volumeId: s.volumeId, backupId, target: 'vault' }, { target: 'vault', backend: 'alpha' });
     return { h, r: await client.result<BackupResult>(h) };
   });
-  const bAct = await copyActivitySeconds(b.value.h);
-  say(`${s.name}#${i}: backup ${backupId} ${fmt(b.seconds)} s (copy activity ${fmt(bAct.copy)} s, ${b.value.r.backup.storedBytes} bytes stored)`);
+  const bAct = await timeline(b.value.h);
+  say(`${s.name}#${i}: backup ${backupId} ${fmt(b.seconds)} s (copy activity ${fmt(bAct.copySeconds)} s, ${b.value.r.backup.storedBytes} bytes stored)`);
 
   const restoredVolumeId = `vol-bench-${s.name.toLowerCase()}-${i}-${randomBytes(3).toString('hex')}`;
   await dropCaches();
@@ -318,17 +351,19 @@ async function backupAndRestore(client: GbackupClient, rt: Runtime, volumes: Vol
     const h = await client.startRestore({ backupId, backend: 'gamma', newVolumeId: restoredVolumeId });
     return { h, r: await client.result<RestoreResult>(h) };
   });
-  const rAct = await copyActivitySeconds(r.value.h);
-  say(`${s.name}#${i}: restore onto gamma ${restoredVolumeId} ${fmt(r.seconds)} s (copy activity ${fmt(rAct.copy)} s)`);
+  const rAct = await timeline(r.value.h);
+  say(`${s.name}#${i}: restore onto gamma ${restoredVolumeId} ${fmt(r.seconds)} s (copy activity ${fmt(rAct.copySeconds)} s)`);
 
   const backupSha256 = await sha256File(rt.driver('beta').initializeConnection({ pool: null, name: `backup-${backupId}` }).path);
   const restoredSha256 = await volumes.sha256(restoredVolumeId);
   return {
     backupId,
     backupSeconds: b.seconds,
-    backupCopySeconds: bAct.copy,
+    backupCopySeconds: bAct.copySeconds,
+    backupTimeline: bAct,
     restoreSeconds: r.seconds,
-    restoreCopySeconds: rAct.copy,
+    restoreCopySeconds: rAct.copySeconds,
+    restoreTimeline: rAct,
     storedBytes: b.value.r.backup.storedBytes,
     restoredVolumeId,
     restoredSha256,
@@ -410,6 +445,15 @@ function report(results: ScenarioResult[], sweep: { bs: number; seconds: number 
     out.push(
       `   dd reference ${fmt(r.ddReferenceSeconds)} s (${fmt(r.ddReferenceMBps, 0)} MB/s); copy engine without Temporal ${fmt(r.engineSeconds)} s; copy activity inside the workflow: backup ${fmt(r.backupCopySeconds)} s, restore ${fmt(r.restoreCopySeconds)} s`,
     );
+    const t = r.runs[0]!;
+    for (const [what, wall, tl] of [
+      ['backup', t.backupSeconds, t.backupTimeline],
+      ['restore', t.restoreSeconds, t.restoreTimeline],
+    ] as const) {
+      out.push(
+        `   ${what} ${fmt(wall)} s wall = copy activity ${fmt(tl.copySeconds)} + ${tl.activities.length - 1} other activities ${fmt(tl.otherActivitySeconds)} + task queue dispatch ${fmt(tl.queuedSeconds)} + workflow tasks/gaps ${fmt(tl.workflowSeconds)} + client/start ${fmt(wall - tl.serverSeconds)} s`,
+      );
+    }
     out.push(`   sha256 source   ${r.sha256}`);
     for (const run of r.runs) {
       out.push(`   sha256 backup   ${run.backupSha256}  (${run.backupId})`);

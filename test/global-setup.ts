@@ -21,7 +21,7 @@ declare module 'vitest' {
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const dir = mkdtempSync(join(tmpdir(), 'gbackup-temporal-'));
   const server = await startDevServer({ dbFile: join(dir, 'temporal.sqlite'), uiPort: null });
-  const { code } = await bundleWorkflowCode({ workflowsPath: workflowsPath(), logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error: console.error } as never });
+  const { code } = await bundleWorkflowCode({ workflowsPath: workflowsPath(), logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error: console.error } });
   project.provide('temporalAddress', server.address);
   project.provide('workflowCode', code);
   return async () => {

@@ -7,7 +7,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { randomBytes } from 'node:crypto';
-import type { BackupResult, RestoreResult, VolumeView } from '../api.js';
+import type { BackupResult, RestoreResult } from '../api.js';
 import { backupView } from '../catalog/catalog.js';
 import { GbackupClient } from '../client/client.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
@@ -240,7 +240,7 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
         out.info(`restore of backup ${backupId} started (workflow ${handle.workflowId})`);
         if (!values.wait) return out.result({ backupId, volumeId: input.volumeId ?? input.newVolumeId, status: 'restoring-backup', workflowId: handle.workflowId }, () => input.volumeId ?? input.newVolumeId!);
         const r = await showProgress(c.result<RestoreResult>(handle), () => c.progress(handle));
-        return out.result(r.volume, () => record({ ...(r.volume as VolumeView) }));
+        return out.result(r.volume, () => record({ ...(r.volume) }));
       });
     }
     default:
