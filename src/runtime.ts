@@ -10,6 +10,7 @@ import type { BackendConfig, NodeConfig, TargetConfig } from './config/schema.js
 import { Catalog } from './catalog/catalog.js';
 import type { VolumeDriver } from './drivers/volume/driver.js';
 import { FileVolumeDriver } from './drivers/volume/file.js';
+import { BtrfsVolumeDriver } from './drivers/volume/btrfs.js';
 import { BackendNotFound, BackupOnlyStorage, NodeNotFound, PoolNotFound, TargetNotFound } from './errors.js';
 
 export function createDriver(b: BackendConfig): VolumeDriver {
@@ -17,8 +18,7 @@ export function createDriver(b: BackendConfig): VolumeDriver {
     case 'file':
       return new FileVolumeDriver(b.name, b.path, b.pools);
     case 'btrfs':
-      // btrfs arrives with the storage-assisted issue; until then it is a file backend on btrfs.
-      return new FileVolumeDriver(b.name, b.path, b.pools);
+      return new BtrfsVolumeDriver(b.name, b.path, b.pools);
   }
 }
 

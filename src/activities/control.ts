@@ -12,6 +12,7 @@ import { BackupInProgress, InsufficientSpace, InvalidInput, InvalidStatus, NoEli
 import type { Runtime } from '../runtime.js';
 import { formatBytes } from '../size.js';
 import { failpoint } from '../failpoints.js';
+import { dataExtents, extentBytes } from '../copy/extents.js';
 
 export interface Loc extends VolumeLocator {
   backend: string;
@@ -21,9 +22,12 @@ export interface BackupPlan {
   backupId: string;
   volume: VolumeView;
   target: string;
+  /** What the copy reads: the volume, a given snapshot, or the temporary snapshot. */
   source: Loc;
   dest: Loc;
   size: number;
+  /** Set when the volume is in use: the snapshot to take first and always remove. */
+  tempSnapshot: Loc | null;
 }
 
 export interface RestorePlan {
@@ -39,6 +43,7 @@ export interface RestorePlan {
 }
 
 export const backupVolumeName = (backupId: string) => `backup-${backupId}`;
+export const tempSnapshotName = (backupId: string) => `backup-snap-${backupId}`;
 const workflowId = () => Context.current().info.workflowExecution?.workflowId ?? 'none';
 
 /** The metadata record written with every backup, enough to rebuild a lost catalog. */
@@ -53,7 +58,7 @@ export function createControlActivities(rt: Runtime) {
   const cat = () => rt.catalog;
 
   return {
-    async beginBackup(input: { backupId: string; volumeId: string; target?: string; name?: string }): Promise<BackupPlan> {
+    async beginBackup(input: { backupId: string; volumeId: string; target?: string; name?: string; force?: boolean; snapshotId?: string }): Promise<BackupPlan> {
       const wf = workflowId();
       const c = cat();
       const target = rt.target(input.target);
@@ -61,29 +66,42 @@ export function createControlActivities(rt: Runtime) {
       const volume = c.volume(input.volumeId);
       if (target.driver !== 'volume') throw new InvalidInput(`target '${target.name}' is not a volume target`);
       const dest: Loc = { backend: target.backend, pool: target.pool ?? null, name: backupVolumeName(input.backupId) };
-      const source: Loc = { backend: volume.backend, pool: volume.pool, name: volume.id };
+      const snapshot = input.snapshotId !== undefined ? c.snapshot(input.snapshotId) : null;
+      // An in-use volume is read through a temporary snapshot named after the backup (the spec).
+      const inUse = snapshot === null && (existing ? existing.sourcePreviousStatus === 'in-use' : volume.status === 'in-use');
+      const tempSnapshot: Loc | null = inUse ? { backend: volume.backend, pool: volume.pool, name: tempSnapshotName(input.backupId) } : null;
+      const source: Loc = snapshot
+        ? { backend: snapshot.backend, pool: snapshot.pool, name: snapshot.id }
+        : (tempSnapshot ?? { backend: volume.backend, pool: volume.pool, name: volume.id });
+      const plan = (size: number): BackupPlan => ({ backupId: input.backupId, volume: c.volume(input.volumeId), target: target.name, source, dest, size, tempSnapshot });
       if (existing) {
         // A retry of this very step after it committed: same plan again.
-        if (existing.workflowId === wf && existing.status === 'creating') {
-          return { backupId: existing.id, volume: c.volume(input.volumeId), target: target.name, source, dest, size: existing.size };
-        }
+        if (existing.workflowId === wf && existing.status === 'creating') return plan(existing.size);
         throw new InvalidInput(`backup id '${input.backupId}' is already used`);
       }
-      if (volume.status === 'backing-up') throw new BackupInProgress(`volume '${volume.id}' is already being backed up`);
-      if (volume.status === 'error') throw new InvalidStatus(`volume '${volume.id}' is in 'error'${volume.error ? ` (${volume.error})` : ''}; a volume in error cannot be backed up`);
-      if (volume.status === 'in-use') throw new InvalidStatus(`volume '${volume.id}' is 'in-use'; back it up with --force (through a temporary snapshot)`);
+      if (snapshot) {
+        if (snapshot.volumeId !== volume.id) throw new InvalidInput(`snapshot '${snapshot.id}' is of volume '${snapshot.volumeId}', not '${volume.id}'`);
+        if (snapshot.status !== 'available') throw new InvalidStatus(`snapshot '${snapshot.id}' is '${snapshot.status}'; a backup needs it 'available'`);
+      } else {
+        if (volume.status === 'backing-up') throw new BackupInProgress(`volume '${volume.id}' is already being backed up`);
+        if (volume.status === 'error') throw new InvalidStatus(`volume '${volume.id}' is in 'error'${volume.error ? ` (${volume.error})` : ''}; a volume in error cannot be backed up`);
+        if (volume.status === 'in-use' && input.force !== true) throw new InvalidStatus(`volume '${volume.id}' is 'in-use' (instance ${volume.instance ?? '?'}); back it up with --force, through a temporary snapshot`);
+        if (volume.status !== 'available' && volume.status !== 'in-use') throw new InvalidStatus(`volume '${volume.id}' is '${volume.status}'; a backup needs it 'available' or 'in-use'`);
+      }
       const driver = rt.driver(target.backend);
       const { freeBytes } = await driver.stats(dest.pool);
       if (volume.size > freeBytes) {
         throw new InsufficientSpace(`target '${target.name}' has ${formatBytes(freeBytes)} free; volume '${volume.id}' needs ${formatBytes(volume.size)}`);
       }
       c.tx(() => {
-        c.transitionVolume(volume.id, ['available'], 'backing-up', { rememberPrevious: true, owner: wf });
+        // An available volume is claimed as backing-up; an in-use one stays in-use (its
+        // instance keeps writing; we read the snapshot), and so does a snapshot's volume.
+        if (!snapshot && volume.status === 'available') c.transitionVolume(volume.id, ['available'], 'backing-up', { rememberPrevious: true, owner: wf });
         c.insertBackup({
           id: input.backupId,
           name: input.name ?? input.backupId,
           volumeId: volume.id,
-          snapshotId: null,
+          snapshotId: snapshot?.id ?? null,
           target: target.name,
           status: 'creating',
           size: volume.size,
@@ -93,7 +111,28 @@ export function createControlActivities(rt: Runtime) {
         });
       });
       await failpoint('backup.begin');
-      return { backupId: input.backupId, volume: c.volume(volume.id), target: target.name, source, dest, size: volume.size };
+      return plan(volume.size);
+    },
+
+    /** The temporary snapshot of an in-use volume; idempotent (an earlier attempt's snapshot is reused). */
+    async createTempSnapshot(input: { backupId: string; volumeId: string }): Promise<void> {
+      await failpoint('snapshot');
+      const c = cat();
+      const v = c.volume(input.volumeId);
+      const id = tempSnapshotName(input.backupId);
+      if (!c.findSnapshot(id)) c.insertSnapshot({ id, name: id, volumeId: v.id, backend: v.backend, pool: v.pool, size: v.size, status: 'creating', backupId: input.backupId });
+      await rt.driver(v.backend).createSnapshot({ pool: v.pool, name: v.id }, { pool: v.pool, name: id });
+      c.setSnapshotStatus(id, 'available');
+    },
+
+    /** Removes a snapshot from storage and catalog; one already gone is success. */
+    async deleteSnapshot(input: { snapshotId: string }): Promise<void> {
+      await failpoint('cleanup');
+      const c = cat();
+      const s = c.findSnapshot(input.snapshotId);
+      if (!s) return;
+      await rt.driver(s.backend).deleteVolume({ pool: s.pool, name: s.id });
+      c.deleteSnapshotRecord(s.id);
     },
 
     /** Nodes that reach every backend in `backends`; the one to use is picked by `key`. */
@@ -121,6 +160,22 @@ export function createControlActivities(rt: Runtime) {
     async deleteBackendVolume(input: { loc: Loc }): Promise<void> {
       await rt.driver(input.loc.backend).deleteVolume(input.loc);
       await rt.driver(input.loc.backend).deleteRecord(input.loc);
+    },
+
+    /**
+     * The vendor hook of the spec: the destination's driver copies within its storage
+     * (btrfs: a reflink clone) when it can. `assisted: false` sends the workflow down the
+     * generic attach + dd path.
+     */
+    async storageAssistedCopy(input: { source: Loc; dest: Loc; size: number }): Promise<{ assisted: boolean; storedBytes: number }> {
+      await failpoint('assisted-copy');
+      const destDriver = rt.driver(input.dest.backend);
+      const sourceDriver = rt.driver(input.source.backend);
+      if (!(await destDriver.capabilities()).storageAssistedBackup) return { assisted: false, storedBytes: 0 };
+      const assisted = await destDriver.storageAssistedCopy(sourceDriver, input.source, input.dest);
+      if (!assisted) return { assisted: false, storedBytes: 0 };
+      const path = destDriver.initializeConnection(input.dest).path;
+      return { assisted: true, storedBytes: extentBytes(await dataExtents(path, input.size)) };
     },
 
     async clearBackendVolume(input: { loc: Loc }): Promise<void> {

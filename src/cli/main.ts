@@ -15,6 +15,7 @@ import { GbackupError, InvalidInput, InvalidStatus } from '../errors.js';
 import { Runtime } from '../runtime.js';
 import { formatBytes, parseSize } from '../size.js';
 import { checkName, checkSize, Volumes } from '../volumes.js';
+import { Snapshots } from '../snapshots.js';
 import { makeOut, record, table, UsageError, type Out } from './output.js';
 import { showProgress } from './progress.js';
 import { runDemo, runDev, runWorker } from './serve.js';
@@ -27,8 +28,13 @@ usage: gbackup [--config FILE] [--json] COMMAND ...
   volume import --backend B [--pool P] --file IMG [--name N]
   volume export ID --file OUT
   volume list | show ID | delete ID
+  volume attach ID --instance NAME      mark in-use, expose as a block device here
+  volume detach ID
 
-  backup create VOLUME_ID [--target T] [--name N] [--wait]
+  snapshot create VOLUME_ID [--name N]
+  snapshot list [--volume ID] | show ID | delete ID
+
+  backup create VOLUME_ID [--target T] [--name N] [--force] [--snapshot SNAP_ID] [--wait]
   backup list [--volume ID] | show ID
   backup delete ID [--wait]
   backup cancel ID
@@ -126,31 +132,51 @@ async function volumeCommand(sub: string | undefined, argv: string[], out: Out):
       const v = await withRuntime(loadConfig(str(values.config)), (rt) => new Volumes(rt).delete(pos[0]!));
       return out.result({ id: v.id, deleted: true }, () => `deleted volume ${v.id}`);
     }
+    case 'attach': {
+      const { values, pos } = parse(argv, { instance: { type: 'string' } }, { min: 1, max: 1, names: 'volume ID' });
+      const v = await withRuntime(loadConfig(str(values.config)), (rt) => new Snapshots(rt).attach(pos[0]!, need(values, 'instance')));
+      return out.result(v, () => `${v.id} attached for instance ${v.instance} at ${v.device}`);
+    }
+    case 'detach': {
+      const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'volume ID' });
+      const v = await withRuntime(loadConfig(str(values.config)), (rt) => new Snapshots(rt).detach(pos[0]!));
+      return out.result(v, () => `${v.id} detached; now ${v.status}`);
+    }
     default:
-      throw new UsageError(`unknown volume command '${sub ?? ''}' (create, import, export, list, show, delete)`);
+      throw new UsageError(`unknown volume command '${sub ?? ''}' (create, import, export, list, show, delete, attach, detach)`);
   }
 }
 
 async function backupCommand(sub: string | undefined, argv: string[], out: Out): Promise<void> {
   switch (sub) {
     case 'create': {
-      const { values, pos } = parse(argv, { target: { type: 'string' }, name: { type: 'string' }, wait: { type: 'boolean' } }, { min: 1, max: 1, names: 'VOLUME_ID' });
+      const { values, pos } = parse(argv, { target: { type: 'string' }, name: { type: 'string' }, wait: { type: 'boolean' }, force: { type: 'boolean' }, snapshot: { type: 'string' } }, { min: 1, max: 1, names: 'VOLUME_ID' });
       const config = loadConfig(str(values.config));
       const volumeId = checkName(pos[0]!, 'volume id', 'id');
+      const snapshotId = str(values.snapshot) !== undefined ? checkName(str(values.snapshot)!, 'snapshot id', 'id') : undefined;
+      const force = values.force === true;
       const name = str(values.name) !== undefined ? checkName(str(values.name)!, 'backup name') : undefined;
       // Checked here for a clear answer at once; the workflow checks again, atomically.
       const { target, volume } = await withRuntime(config, async (rt) => {
         const t = rt.target(str(values.target));
         const v = rt.catalog.volume(volumeId);
+        if (snapshotId !== undefined) {
+          const snap = rt.catalog.snapshot(snapshotId);
+          if (snap.volumeId !== v.id) throw new InvalidInput(`snapshot '${snap.id}' is of volume '${snap.volumeId}', not '${v.id}'`);
+          return { target: t, volume: v };
+        }
         if (v.status === 'error') throw new InvalidStatus(`volume '${v.id}' is in 'error'${v.error ? ` (${v.error})` : ''}; a volume in error cannot be backed up`);
-        if (v.status === 'in-use') throw new InvalidStatus(`volume '${v.id}' is 'in-use'; back it up with --force (through a temporary snapshot)`);
+        if (v.status === 'in-use' && !force) throw new InvalidStatus(`volume '${v.id}' is 'in-use' (instance ${v.instance ?? '?'}); back it up with --force, through a temporary snapshot`);
         if (v.status === 'backing-up') throw new InvalidStatus(`volume '${v.id}' is already being backed up`);
-        if (v.status !== 'available') throw new InvalidStatus(`volume '${v.id}' is '${v.status}'; a backup needs it 'available'`);
+        if (v.status !== 'available' && v.status !== 'in-use') throw new InvalidStatus(`volume '${v.id}' is '${v.status}'; a backup needs it 'available' or 'in-use'`);
         return { target: t, volume: v };
       });
       const backupId = `bak-${randomBytes(6).toString('hex')}`;
       return withClient(config, async (c) => {
-        const handle = await c.startBackup({ volumeId, backupId, target: target.name, name }, { target: target.name, backend: volume.backend });
+        const handle = await c.startBackup(
+          { volumeId, backupId, target: target.name, ...(name ? { name } : {}), ...(force ? { force } : {}), ...(snapshotId ? { snapshotId } : {}) },
+          { target: target.name, backend: volume.backend },
+        );
         out.info(`backup ${backupId} of volume ${volumeId} started (workflow ${handle.workflowId})`);
         if (!values.wait) return out.result({ id: backupId, volumeId, target: target.name, status: 'creating', workflowId: handle.workflowId }, () => backupId);
         const r = await showProgress(c.result<BackupResult>(handle), () => c.progress(handle));
@@ -248,6 +274,33 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
   }
 }
 
+async function snapshotCommand(sub: string | undefined, argv: string[], out: Out): Promise<void> {
+  switch (sub) {
+    case 'create': {
+      const { values, pos } = parse(argv, { name: { type: 'string' } }, { min: 1, max: 1, names: 'VOLUME_ID' });
+      const s = await withRuntime(loadConfig(str(values.config)), (rt) => new Snapshots(rt).create(pos[0]!, str(values.name)));
+      return out.result(s, () => record({ ...s }));
+    }
+    case 'list': {
+      const { values } = parse(argv, { volume: { type: 'string' } }, { min: 0, max: 0, names: '' });
+      const list = await withRuntime(loadConfig(str(values.config)), async (rt) => rt.catalog.listSnapshots(str(values.volume)));
+      return out.result(list, () => table(list as unknown as Record<string, unknown>[], ['id', 'name', 'volumeId', 'backend', 'pool', 'size', 'status', 'backupId']));
+    }
+    case 'show': {
+      const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'snapshot ID' });
+      const s = await withRuntime(loadConfig(str(values.config)), async (rt) => rt.catalog.snapshot(checkName(pos[0]!, 'snapshot id', 'id')));
+      return out.result(s, () => record({ ...s }));
+    }
+    case 'delete': {
+      const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'snapshot ID' });
+      const s = await withRuntime(loadConfig(str(values.config)), (rt) => new Snapshots(rt).delete(pos[0]!));
+      return out.result({ id: s.id, deleted: true }, () => `deleted snapshot ${s.id}`);
+    }
+    default:
+      throw new UsageError(`unknown snapshot command '${sub ?? ''}' (create, list, show, delete)`);
+  }
+}
+
 async function backendCommand(sub: string | undefined, argv: string[], out: Out): Promise<void> {
   const { values, pos } = parse(argv, {}, { min: sub === 'show' ? 1 : 0, max: sub === 'show' ? 1 : 0, names: 'backend NAME' });
   const config = loadConfig(str(values.config));
@@ -320,6 +373,9 @@ export async function main(rawArgv: string[]): Promise<number> {
         break;
       case 'backend':
         await backendCommand(sub, rest, out);
+        break;
+      case 'snapshot':
+        await snapshotCommand(sub, rest, out);
         break;
       case 'worker': {
         const { values } = parse([sub, ...rest].filter((x): x is string => x !== undefined), { node: { type: 'string' } }, { min: 0, max: 0, names: '' });

@@ -7,7 +7,7 @@
  * Every step pushes its undo first; on failure or cancel the undos run in reverse, so
  * no attachment or half-made volume survives, and the source returns to its status.
  */
-import { upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
+import { CancellationScope, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
 import { BackupVolumeInput, SEARCH_ATTRIBUTES, type BackupResult } from '../api.js';
 import { compensation, control } from './activities.js';
 import { failureReason, parseInput, Tracker } from './common.js';
@@ -27,22 +27,43 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
   let reason = '';
   try {
     tracker.phase('validating');
-    const plan = await control.beginBackup({ backupId, volumeId: input.volumeId, target: input.target, name: input.name });
+    const plan = await control.beginBackup({ backupId, volumeId: input.volumeId, target: input.target, name: input.name, force: input.force, snapshotId: input.snapshotId });
     saga.add('fail backup', () => compensation.failBackup({ backupId, reason }));
+    if (plan.tempSnapshot) {
+      const snapshotId = plan.tempSnapshot.name;
+      // Removed on every outcome: by the saga on failure or cancel, right after finalize on success.
+      saga.add('delete temporary snapshot', () => compensation.deleteSnapshot({ snapshotId }));
+      tracker.phase('snapshotting in-use volume');
+      await control.createTempSnapshot({ backupId, volumeId: input.volumeId });
+    }
     upsertSearchAttributes([
       { key: SEARCH_ATTRIBUTES.target, value: plan.target },
       { key: SEARCH_ATTRIBUTES.backend, value: plan.source.backend },
     ]);
     tracker.state.bytesTotal = plan.size;
 
-    tracker.phase('creating destination');
     saga.add('delete destination', () => compensation.deleteBackendVolume({ loc: plan.dest }));
-    await control.createBackendVolume({ loc: plan.dest, size: plan.size });
-
-    const copied = await runDataPath({ source: plan.source, dest: plan.dest, size: plan.size, sparse: true, key: backupId, tracker });
+    // The driver's own copy when its storage can do it (btrfs reflinks), else the spec's generic path.
+    tracker.phase('storage-assisted copy');
+    const assisted = await control.storageAssistedCopy({ source: plan.source, dest: plan.dest, size: plan.size });
+    let result: { storedBytes: number; method: string; node: string | null };
+    if (assisted.assisted) {
+      result = { storedBytes: assisted.storedBytes, method: 'storage-assisted', node: null };
+    } else {
+      tracker.phase('creating destination');
+      await control.createBackendVolume({ loc: plan.dest, size: plan.size });
+      const copied = await runDataPath({ source: plan.source, dest: plan.dest, size: plan.size, sparse: true, key: backupId, tracker });
+      result = { storedBytes: copied.storedBytes, method: 'generic', node: copied.node };
+    }
 
     tracker.phase('finalizing');
-    const backup = await control.finalizeBackup({ backupId, storedBytes: copied.storedBytes, method: 'generic', node: copied.node });
+    const backup = await control.finalizeBackup({ backupId, ...result });
+    // The backup is available now: nothing may undo it any more.
+    saga.clear();
+    if (plan.tempSnapshot) {
+      tracker.phase('removing temporary snapshot');
+      await CancellationScope.nonCancellable(() => compensation.deleteSnapshot({ snapshotId: plan.tempSnapshot!.name }));
+    }
     tracker.phase('done');
     tracker.status('available');
     return { backup };

@@ -29,25 +29,29 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
     upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.backend, value: plan.dest.backend }]);
     tracker.state.bytesTotal = plan.size;
 
-    if (plan.createdVolume) {
-      tracker.phase('creating volume');
-      saga.add('delete new volume', () => compensation.deleteBackendVolume({ loc: plan.dest }));
-      await control.createBackendVolume({ loc: plan.dest, size: plan.size });
-    } else {
-      // The old contents must not shine through where the backup has holes.
-      dataTouched = true;
-      await control.clearBackendVolume({ loc: plan.dest });
+    if (plan.createdVolume) saga.add('delete new volume', () => compensation.deleteBackendVolume({ loc: plan.dest }));
+    tracker.phase('storage-assisted copy');
+    // A clone replaces the destination's contents whole: from here on an existing volume is touched.
+    dataTouched = !plan.createdVolume;
+    const assisted = await control.storageAssistedCopy({ source: plan.source, dest: plan.dest, size: plan.size });
+    if (!assisted.assisted) {
+      if (plan.createdVolume) {
+        tracker.phase('creating volume');
+        await control.createBackendVolume({ loc: plan.dest, size: plan.size });
+      } else {
+        // The old contents must not shine through where the backup has holes.
+        await control.clearBackendVolume({ loc: plan.dest });
+      }
+      await runDataPath({
+        source: plan.source,
+        dest: plan.dest,
+        size: plan.size,
+        sparse: true,
+        key: plan.volumeId,
+        tracker,
+        onCopyStart: () => (dataTouched = true),
+      });
     }
-
-    await runDataPath({
-      source: plan.source,
-      dest: plan.dest,
-      size: plan.size,
-      sparse: true,
-      key: plan.volumeId,
-      tracker,
-      onCopyStart: () => (dataTouched = true),
-    });
 
     tracker.phase('finalizing');
     const volume = await control.finalizeRestore({ backupId: plan.backupId, volumeId: plan.volumeId });

@@ -13,6 +13,11 @@ export class Saga {
     this.steps.push({ name, undo });
   }
 
+  /** Forgets every undo: the work they would undo is now final. */
+  clear(): void {
+    this.steps.length = 0;
+  }
+
   get size(): number {
     return this.steps.length;
   }

@@ -83,8 +83,9 @@ export async function makeEnv(opts: { yaml?: (dir: string, taskQueue: string, ad
       await env.workers?.shutdown().catch(() => undefined);
       await client.close().catch(() => undefined);
       rt.close();
+      const roots = [dir, ...config.backends.map((b) => `${b.path}/`)];
       for (const d of await listLoopDevices()) {
-        if (d.backingFile.startsWith(dir)) await execa('losetup', ['-d', d.device], { reject: false });
+        if (roots.some((r) => d.backingFile.startsWith(r))) await execa('losetup', ['-d', d.device], { reject: false });
       }
       rmSync(dir, { recursive: true, force: true });
     },

@@ -13,10 +13,13 @@ export interface LeakReport {
   ledgerEntries: string[];
   unreferencedVolumes: string[];
   partialFiles: string[];
+  /** Temporary snapshots of backups that are no longer running. */
+  tempSnapshots: string[];
 }
 
 export async function findLeaks(env: TestEnv): Promise<LeakReport> {
-  const loopDevices = (await listLoopDevices()).filter((d) => d.backingFile.startsWith(env.dir)).map((d) => `${d.device} -> ${d.backingFile}`);
+  const roots = [env.dir, ...[...env.rt.drivers.values()].map((d) => `${d.placeLocation(null)}/`)];
+  const loopDevices = (await listLoopDevices()).filter((d) => roots.some((r) => d.backingFile.startsWith(r))).map((d) => `${d.device} -> ${d.backingFile}`);
   const ledgerEntries: string[] = [];
   const nodesDir = join(env.config.stateDir, 'nodes');
   if (existsSync(nodesDir)) {
@@ -42,7 +45,11 @@ export async function findLeaks(env: TestEnv): Promise<LeakReport> {
       for (const f of readdirSync(d.placeLocation(pool))) if (/\.(creating|tmp)$/.test(f)) partialFiles.push(`${name}/${pool ?? ''}/${f}`);
     }
   }
-  return { loopDevices, ledgerEntries, unreferencedVolumes, partialFiles };
+  const tempSnapshots = cat
+    .listSnapshots()
+    .filter((s) => s.backupId !== null && cat.findBackup(s.backupId)?.status !== 'creating')
+    .map((s) => s.id);
+  return { loopDevices, ledgerEntries, unreferencedVolumes, partialFiles, tempSnapshots };
 }
 
-export const NO_LEAKS: LeakReport = { loopDevices: [], ledgerEntries: [], unreferencedVolumes: [], partialFiles: [] };
+export const NO_LEAKS: LeakReport = { loopDevices: [], ledgerEntries: [], unreferencedVolumes: [], partialFiles: [], tempSnapshots: [] };
