@@ -1,14 +1,18 @@
 /**
  * Failpoints let the fault-injection tests fail any step in any way. They are read from
- * GBACKUP_FAILPOINTS only (unset in production: then every failpoint is a no-op):
+ * GBACKUP_FAILPOINTS, or from the file GBACKUP_FAILPOINTS_FILE names (re-read at every
+ * step, so a test can change them under a running worker). Both unset in production:
+ * then every failpoint is a no-op.
  *
  *   GBACKUP_FAILPOINTS="copy=error,attach-source=transient,detach=crash"
  *
  * - error:     a non-retryable InjectedFault
  * - transient: a retryable error on the first attempt, success after
  * - crash:     SIGKILL of this worker process on the first attempt
- * - hang:      never returns (until cancelled): lets a test cancel mid-step
+ * - hang:      holds the step (heartbeating) until cancelled, or 5 s: lets a test cancel
+ *              mid-step; a step that cannot be cancelled then simply goes on
  */
+import { readFileSync } from 'node:fs';
 import { Context } from '@temporalio/activity';
 import { GbackupError, InjectedFault } from './errors.js';
 
@@ -16,10 +20,21 @@ export class TransientFault extends GbackupError {}
 
 export type Fault = 'error' | 'transient' | 'crash' | 'hang';
 
+function readSpec(env: NodeJS.ProcessEnv): string | undefined {
+  if (env.GBACKUP_FAILPOINTS_FILE) {
+    try {
+      return readFileSync(env.GBACKUP_FAILPOINTS_FILE, 'utf8');
+    } catch {
+      return undefined;
+    }
+  }
+  return env.GBACKUP_FAILPOINTS;
+}
+
 export function activeFault(step: string, env: NodeJS.ProcessEnv = process.env): Fault | undefined {
-  const spec = env.GBACKUP_FAILPOINTS;
+  const spec = readSpec(env);
   if (!spec) return undefined;
-  for (const part of spec.split(',')) {
+  for (const part of spec.split(/[,\n]/)) {
     const [name, fault] = part.split('=').map((s) => s.trim());
     if (name === step && (fault === 'error' || fault === 'transient' || fault === 'crash' || fault === 'hang')) return fault;
   }
@@ -51,12 +66,18 @@ export async function failpoint(step: string): Promise<void> {
       }
       return;
     case 'hang': {
-      const signal = Context.current().cancellationSignal;
-      await new Promise<void>((_, reject) => {
-        const hb = setInterval(() => Context.current().heartbeat(), 1000);
-        signal.addEventListener('abort', () => {
+      if (attempt() > 1) return;
+      const ctx = Context.current();
+      await new Promise<void>((resolve, reject) => {
+        const done = setTimeout(() => {
           clearInterval(hb);
-          reject(signal.reason instanceof Error ? signal.reason : new Error('cancelled'));
+          resolve();
+        }, 5000);
+        const hb = setInterval(() => ctx.heartbeat(), 200);
+        ctx.cancellationSignal.addEventListener('abort', () => {
+          clearInterval(hb);
+          clearTimeout(done);
+          reject(ctx.cancellationSignal.reason instanceof Error ? ctx.cancellationSignal.reason : new Error('cancelled'));
         });
       });
     }

@@ -10,6 +10,7 @@ import { backupView, type BackupLocation } from '../catalog/catalog.js';
 import type { ConnectionInfo, VolumeLocator } from '../drivers/volume/driver.js';
 import { BackupInProgress, InsufficientSpace, InvalidInput, InvalidStatus, NoEligibleNode, VolumeTooSmall } from '../errors.js';
 import type { Runtime } from '../runtime.js';
+import type { Timeouts } from '../workflows/activities.js';
 import { formatBytes } from '../size.js';
 import { failpoint } from '../failpoints.js';
 import { dataExtents, extentBytes } from '../copy/extents.js';
@@ -28,6 +29,7 @@ export interface BackupPlan {
   size: number;
   /** Set when the volume is in use: the snapshot to take first and always remove. */
   tempSnapshot: Loc | null;
+  timeouts: Timeouts;
 }
 
 export interface RestorePlan {
@@ -40,6 +42,7 @@ export interface RestorePlan {
   size: number;
   /** Destination had data before (existing volume): clear it before a sparse copy. */
   clearFirst: boolean;
+  timeouts: Timeouts;
 }
 
 export const backupVolumeName = (backupId: string) => `backup-${backupId}`;
@@ -56,6 +59,16 @@ export interface BackupRecordFile {
 
 export function createControlActivities(rt: Runtime) {
   const cat = () => rt.catalog;
+  const timeouts: Timeouts = { scheduleToStartMs: rt.config.timeouts.scheduleToStart * 1000, heartbeatMs: rt.config.timeouts.heartbeat * 1000 };
+  /** Refuses, before anything is made, a copy no node can run (a storage-assisted one needs none). */
+  const checkReachable = async (source: Loc, dest: Loc) => {
+    const backends = [...new Set([source.backend, dest.backend])];
+    if (rt.config.nodes.some((n) => backends.every((b) => n.backends.includes(b)))) return;
+    const s = rt.driver(source.backend);
+    const d = rt.driver(dest.backend);
+    if ((await d.capabilities()).storageAssistedBackup && s.driverName === d.driverName) return;
+    throw new NoEligibleNode(`no node reaches both ${backends.map((b) => `'${b}'`).join(' and ')} (nodes: ${rt.config.nodes.map((n) => `${n.name} -> ${n.backends.join(',')}`).join('; ')})`);
+  };
 
   return {
     async beginBackup(input: { backupId: string; volumeId: string; target?: string; name?: string; force?: boolean; snapshotId?: string }): Promise<BackupPlan> {
@@ -73,7 +86,7 @@ export function createControlActivities(rt: Runtime) {
       const source: Loc = snapshot
         ? { backend: snapshot.backend, pool: snapshot.pool, name: snapshot.id }
         : (tempSnapshot ?? { backend: volume.backend, pool: volume.pool, name: volume.id });
-      const plan = (size: number): BackupPlan => ({ backupId: input.backupId, volume: c.volume(input.volumeId), target: target.name, source, dest, size, tempSnapshot });
+      const plan = (size: number): BackupPlan => ({ backupId: input.backupId, volume: c.volume(input.volumeId), target: target.name, source, dest, size, tempSnapshot, timeouts });
       if (existing) {
         // A retry of this very step after it committed: same plan again.
         if (existing.workflowId === wf && existing.status === 'creating') return plan(existing.size);
@@ -88,6 +101,7 @@ export function createControlActivities(rt: Runtime) {
         if (volume.status === 'in-use' && input.force !== true) throw new InvalidStatus(`volume '${volume.id}' is 'in-use' (instance ${volume.instance ?? '?'}); back it up with --force, through a temporary snapshot`);
         if (volume.status !== 'available' && volume.status !== 'in-use') throw new InvalidStatus(`volume '${volume.id}' is '${volume.status}'; a backup needs it 'available' or 'in-use'`);
       }
+      await checkReachable(source, dest);
       const driver = rt.driver(target.backend);
       const { freeBytes } = await driver.stats(dest.pool);
       if (volume.size > freeBytes) {
@@ -234,10 +248,11 @@ export function createControlActivities(rt: Runtime) {
       if (input.volumeId !== undefined) {
         const v = c.volume(input.volumeId);
         const dest: Loc = { backend: v.backend, pool: v.pool, name: v.id };
-        const plan: RestorePlan = { backupId: backup.id, volumeId: v.id, createdVolume: false, source, dest, size: backup.size, clearFirst: true };
+        const plan: RestorePlan = { backupId: backup.id, volumeId: v.id, createdVolume: false, source, dest, size: backup.size, clearFirst: true, timeouts };
         if (v.status === 'restoring-backup' && c.volumeOwner(v.id) === wf) return plan;
         if (backup.status !== 'available') throw new InvalidStatus(`backup '${backup.id}' is '${backup.status}'; only an 'available' backup can be restored`);
         if (v.status !== 'available') throw new InvalidStatus(`volume '${v.id}' is '${v.status}'; a restore needs an 'available' volume`);
+        await checkReachable(source, dest);
         if (v.size < backup.size) throw new VolumeTooSmall(`volume '${v.id}' has ${v.size} bytes (${formatBytes(v.size)}); backup '${backup.id}' needs at least ${backup.size} (${formatBytes(backup.size)})`);
         c.tx(() => {
           c.transitionBackup(backup.id, ['available'], 'restoring');
@@ -249,12 +264,13 @@ export function createControlActivities(rt: Runtime) {
       const existing = c.findVolume(input.newVolumeId);
       if (existing) {
         if (existing.status === 'restoring-backup' && c.volumeOwner(existing.id) === wf) {
-          return { backupId: backup.id, volumeId: existing.id, createdVolume: true, source, dest: { backend: existing.backend, pool: existing.pool, name: existing.id }, size: backup.size, clearFirst: false };
+          return { backupId: backup.id, volumeId: existing.id, createdVolume: true, source, dest: { backend: existing.backend, pool: existing.pool, name: existing.id }, size: backup.size, clearFirst: false, timeouts };
         }
         throw new InvalidInput(`volume id '${input.newVolumeId}' is already used`);
       }
       if (backup.status !== 'available') throw new InvalidStatus(`backup '${backup.id}' is '${backup.status}'; only an 'available' backup can be restored`);
       const pool = rt.volumePlace(backend, input.pool);
+      await checkReachable(source, { backend, pool, name: input.newVolumeId });
       const driver = rt.driver(backend);
       const { freeBytes } = await driver.stats(pool);
       if (backup.size > freeBytes) throw new InsufficientSpace(`backend '${backend}'${pool ? ` pool '${pool}'` : ''} has ${formatBytes(freeBytes)} free; backup '${backup.id}' needs ${formatBytes(backup.size)}`);
@@ -262,7 +278,7 @@ export function createControlActivities(rt: Runtime) {
         c.transitionBackup(backup.id, ['available'], 'restoring');
         c.insertVolume({ id: input.newVolumeId, name: input.name ?? input.newVolumeId, backend, pool, size: backup.size, status: 'restoring-backup', owner: wf });
       });
-      return { backupId: backup.id, volumeId: input.newVolumeId, createdVolume: true, source, dest: { backend, pool, name: input.newVolumeId }, size: backup.size, clearFirst: false };
+      return { backupId: backup.id, volumeId: input.newVolumeId, createdVolume: true, source, dest: { backend, pool, name: input.newVolumeId }, size: backup.size, clearFirst: false, timeouts };
     },
 
     async finalizeRestore(input: { backupId: string; volumeId: string }): Promise<VolumeView> {

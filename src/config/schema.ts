@@ -78,6 +78,19 @@ export const Config = z
     nodes: z.array(NodeConfig).min(1).optional(),
     /** Like Cinder's volume_copy_bps_limit: bytes per second shared by the copies on one node. */
     copyBpsLimit: size('copyBpsLimit').optional(),
+    /**
+     * How fast a lost worker or node is noticed (seconds). A node step that no worker
+     * starts within scheduleToStart means the node is gone; an activity silent for
+     * heartbeat seconds means its worker died. reconcileEvery: how often a node sweeps
+     * its ledger for attachments no running workflow owns.
+     */
+    timeouts: z
+      .strictObject({
+        scheduleToStart: z.number().positive().default(60),
+        heartbeat: z.number().positive().default(15),
+        reconcileEvery: z.number().positive().default(30),
+      })
+      .prefault({}),
     /** dd block size; 4M measured best on loop devices (see README). */
     copyBlockSize: size('copyBlockSize').default(4 * 1024 * 1024),
   })

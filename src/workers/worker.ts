@@ -4,7 +4,7 @@
  * - the node worker polls `<taskQueue>-node-<node>`: attach, copy, detach on this host.
  * A node worker reconciles its attachment ledger before it polls.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
@@ -18,12 +18,24 @@ import { Throttle } from '../copy/throttle.js';
 import { AttachmentLedger } from '../node/ledger.js';
 import { reconcileLedger } from '../node/reconcile.js';
 import { Runtime } from '../runtime.js';
+import { keepAlive } from './keepalive.js';
 
 /** The workflows directory, as .ts under vitest/tsx and as .js when built. */
 export function workflowsPath(): string {
   const here = dirname(fileURLToPath(import.meta.url));
   const dir = join(here, '..', 'workflows');
   return existsSync(join(dir, 'index.ts')) ? join(dir, 'index.ts') : join(dir, 'index.js');
+}
+
+/**
+ * Tests and benchmarks hand in a pre-built bundle (also as GBACKUP_WORKFLOW_BUNDLE, a
+ * file, for worker processes they start), which saves the seconds of bundling.
+ */
+function workflowSource(bundle: WorkflowBundle | undefined): { workflowBundle: WorkflowBundle } | { workflowsPath: string } {
+  if (bundle) return { workflowBundle: bundle };
+  const file = process.env.GBACKUP_WORKFLOW_BUNDLE;
+  if (file) return { workflowBundle: { code: readFileSync(file, 'utf8') } };
+  return { workflowsPath: workflowsPath() };
 }
 
 export interface WorkerOptions {
@@ -59,6 +71,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
   const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
   const workers: Worker[] = [];
   let ledger: AttachmentLedger | undefined;
+  let reconcileTimer: NodeJS.Timeout | undefined;
 
   try {
     if (roles.control) {
@@ -67,32 +80,46 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
           connection,
           namespace: config.temporal.namespace,
           taskQueue: config.temporal.taskQueue,
-          ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: workflowsPath() }),
+          ...workflowSource(opts.workflowBundle),
           activities: createControlActivities(runtime),
+          interceptors: { activity: [keepAlive] },
+          maxHeartbeatThrottleInterval: '1 second',
         }),
       );
     }
     if (roles.node) {
       const connector = new LoopConnector(runtime.nodeRoots(node));
       ledger = new AttachmentLedger(join(config.stateDir, 'nodes', node, 'ledger.sqlite'));
-      const cleaned = await reconcileLedger({
-        ledger,
-        connector,
-        isRunning: async (workflowId) => {
-          try {
-            const d = await client.workflow.getHandle(workflowId).describe();
-            return d.status.name === 'RUNNING';
-          } catch {
-            return false;
-          }
-        },
-      });
-      for (const c of cleaned) log(`gbackup node ${node}: reconciled ${c.path} (workflow ${c.workflowId} no longer running): detached ${c.detached.join(', ') || 'nothing attached'}`);
+      const nodeLedger = ledger;
+      const reconcile = async () => {
+        const cleaned = await reconcileLedger({
+          ledger: nodeLedger,
+          connector,
+          isRunning: async (workflowId) => {
+            try {
+              const d = await client.workflow.getHandle(workflowId).describe();
+              return d.status.name === 'RUNNING';
+            } catch (e) {
+              // Only a workflow the server does not know is certainly not running.
+              return (e as Error).name !== 'WorkflowNotFoundError';
+            }
+          },
+        });
+        for (const c of cleaned) log(`gbackup node ${node}: reconciled ${c.path} (workflow ${c.workflowId} no longer running): detached ${c.detached.join(', ') || 'nothing attached'}`);
+      };
+      // At start-up, before polling: whatever a crash left attached is released first.
+      await reconcile();
+      // And periodically: a detach that failed for good is retried here.
+      reconcileTimer = setInterval(() => void reconcile().catch((e: unknown) => log(`gbackup node ${node}: reconcile failed: ${String(e)}`)), config.timeouts.reconcileEvery * 1000);
       workers.push(
         await Worker.create({
           connection,
           namespace: config.temporal.namespace,
           taskQueue: nodeTaskQueue(config.temporal.taskQueue, node),
+          interceptors: { activity: [keepAlive] },
+          // The copy's offset reaches the server at least every second: a resume after
+          // a crash repeats at most about a second of copying.
+          maxHeartbeatThrottleInterval: '1 second',
           activities: createNodeActivities({
             node,
             connector,
@@ -106,6 +133,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
       );
     }
   } catch (e) {
+    clearInterval(reconcileTimer);
     await connection.close();
     await clientConnection.close();
     throw e;
@@ -113,6 +141,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
 
   log(`gbackup worker: node '${node}', task queues: ${workers.map((w) => w.options.taskQueue).join(', ')} on ${config.temporal.address}`);
   const done = Promise.all(workers.map((w) => w.run())).then(async () => {
+    clearInterval(reconcileTimer);
     ledger?.close();
     runtime.close();
     await connection.close();

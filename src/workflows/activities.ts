@@ -3,14 +3,17 @@
  * activity *types* only.
  *
  * Timeouts, and why:
- * - control steps are short catalog/backend calls: 2 min each, retried with backoff.
- * - compensations retry without limit: giving up would leak; they are idempotent.
- * - node steps must start within 60 s (scheduleToStart): a node whose worker is gone
- *   never picks them up, and the workflow then moves the data path to another node
- *   instead of waiting forever.
- * - the copy heartbeats every second; 30 s without one means the node or its worker
- *   died. It runs as long as the volume needs (24 h cap) and waits for its own
- *   cancellation to finish, so dd is stopped before compensations detach its devices.
+ * - every activity heartbeats (the copy with its offset, the rest through the worker's
+ *   keep-alive), so a dead worker is noticed after `heartbeat` seconds (default 15: ten
+ *   times the copy's 1 s progress interval, so a loaded host is not mistaken for a dead
+ *   one), not after a start-to-close timeout sized for the slowest storage;
+ * - node steps must start within `scheduleToStart` seconds (default 60: a worker
+ *   restart fits, a dead node does not); then the workflow releases the backend side
+ *   and moves the data path to another node;
+ * - steps retry with backoff up to 8 times (the copy 10, resuming each time);
+ *   compensations retry without limit: giving up would leak, and they are idempotent;
+ * - the copy waits for its own cancellation to finish, so dd has stopped before the
+ *   compensations detach its devices.
  */
 import { ActivityCancellationType, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control.js';
@@ -25,37 +28,49 @@ const retry = {
   nonRetryableErrorTypes: NON_RETRYABLE_ERROR_TYPES,
 } as const;
 
-export const control = proxyActivities<ControlActivities>({
-  startToCloseTimeout: '2 minutes',
-  retry: { ...retry, maximumAttempts: 8 },
-});
+/** Deliberate timeouts, from the config through the first activity's result (so replay sees them). */
+export interface Timeouts {
+  scheduleToStartMs: number;
+  heartbeatMs: number;
+}
+export const DEFAULT_TIMEOUTS: Timeouts = { scheduleToStartMs: 60_000, heartbeatMs: 15_000 };
 
-// No maximumAttempts: unlimited.
-export const compensation = proxyActivities<ControlActivities>({
-  startToCloseTimeout: '2 minutes',
-  retry,
-});
-
-const nodeStep = (queue: string): ActivityOptions => ({
-  taskQueue: queue,
-  startToCloseTimeout: '5 minutes',
-  scheduleToStartTimeout: '60 seconds',
-  retry: { ...retry, maximumAttempts: 8 },
-});
-
-export function nodeActivities(taskQueue: string, node: string) {
-  const queue = nodeTaskQueue(taskQueue, node);
+export function activities(t: Timeouts = DEFAULT_TIMEOUTS) {
+  const control: ActivityOptions = {
+    startToCloseTimeout: '2 hours',
+    heartbeatTimeout: t.heartbeatMs,
+    retry: { ...retry, maximumAttempts: 8 },
+  };
+  const nodeStep = (queue: string): ActivityOptions => ({
+    taskQueue: queue,
+    startToCloseTimeout: '10 minutes',
+    heartbeatTimeout: t.heartbeatMs,
+    scheduleToStartTimeout: t.scheduleToStartMs,
+    retry: { ...retry, maximumAttempts: 8 },
+  });
   return {
-    steps: proxyActivities<NodeActivities>(nodeStep(queue)),
-    /** Undo steps: retried until the node answers, unless it never picks them up. */
-    undo: proxyActivities<NodeActivities>({ ...nodeStep(queue), retry }),
-    copy: proxyActivities<NodeActivities>({
-      taskQueue: queue,
-      startToCloseTimeout: '24 hours',
-      heartbeatTimeout: '30 seconds',
-      scheduleToStartTimeout: '60 seconds',
-      cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-      retry: { ...retry, maximumAttempts: 10 },
-    }),
+    control: proxyActivities<ControlActivities>(control),
+    /** Undo steps retry without limit (no maximumAttempts): giving up would leak. */
+    compensation: proxyActivities<ControlActivities>({ ...control, retry }),
+    node(taskQueue: string, node: string) {
+      const queue = nodeTaskQueue(taskQueue, node);
+      return {
+        steps: proxyActivities<NodeActivities>(nodeStep(queue)),
+        /** Retried until the node answers, unless it never picks them up (then the ledger reconciles). */
+        undo: proxyActivities<NodeActivities>({ ...nodeStep(queue), retry }),
+        copy: proxyActivities<NodeActivities>({
+          taskQueue: queue,
+          startToCloseTimeout: '24 hours',
+          heartbeatTimeout: t.heartbeatMs,
+          scheduleToStartTimeout: t.scheduleToStartMs,
+          cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+          retry: { ...retry, maximumAttempts: 10 },
+        }),
+      };
+    },
   };
 }
+
+/** For the first step, before the config's timeouts are known. */
+export const { control, compensation } = activities();
+export type Activities = ReturnType<typeof activities>;

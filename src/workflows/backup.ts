@@ -9,7 +9,7 @@
  */
 import { CancellationScope, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
 import { BackupVolumeInput, SEARCH_ATTRIBUTES, type BackupResult } from '../api.js';
-import { compensation, control } from './activities.js';
+import { activities, control } from './activities.js';
 import { failureReason, parseInput, Tracker } from './common.js';
 import { runDataPath } from './datapath.js';
 import { Saga } from './saga.js';
@@ -28,13 +28,14 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
   try {
     tracker.phase('validating');
     const plan = await control.beginBackup({ backupId, volumeId: input.volumeId, target: input.target, name: input.name, force: input.force, snapshotId: input.snapshotId });
+    const { control: ctl, compensation } = activities(plan.timeouts);
     saga.add('fail backup', () => compensation.failBackup({ backupId, reason }));
     if (plan.tempSnapshot) {
       const snapshotId = plan.tempSnapshot.name;
       // Removed on every outcome: by the saga on failure or cancel, right after finalize on success.
       saga.add('delete temporary snapshot', () => compensation.deleteSnapshot({ snapshotId }));
       tracker.phase('snapshotting in-use volume');
-      await control.createTempSnapshot({ backupId, volumeId: input.volumeId });
+      await ctl.createTempSnapshot({ backupId, volumeId: input.volumeId });
     }
     upsertSearchAttributes([
       { key: SEARCH_ATTRIBUTES.target, value: plan.target },
@@ -45,19 +46,19 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
     saga.add('delete destination', () => compensation.deleteBackendVolume({ loc: plan.dest }));
     // The driver's own copy when its storage can do it (btrfs reflinks), else the spec's generic path.
     tracker.phase('storage-assisted copy');
-    const assisted = await control.storageAssistedCopy({ source: plan.source, dest: plan.dest, size: plan.size });
+    const assisted = await ctl.storageAssistedCopy({ source: plan.source, dest: plan.dest, size: plan.size });
     let result: { storedBytes: number; method: string; node: string | null };
     if (assisted.assisted) {
       result = { storedBytes: assisted.storedBytes, method: 'storage-assisted', node: null };
     } else {
       tracker.phase('creating destination');
-      await control.createBackendVolume({ loc: plan.dest, size: plan.size });
-      const copied = await runDataPath({ source: plan.source, dest: plan.dest, size: plan.size, sparse: true, key: backupId, tracker });
+      await ctl.createBackendVolume({ loc: plan.dest, size: plan.size });
+      const copied = await runDataPath({ source: plan.source, dest: plan.dest, size: plan.size, sparse: true, key: backupId, tracker, acts: activities(plan.timeouts) });
       result = { storedBytes: copied.storedBytes, method: 'generic', node: copied.node };
     }
 
     tracker.phase('finalizing');
-    const backup = await control.finalizeBackup({ backupId, ...result });
+    const backup = await ctl.finalizeBackup({ backupId, ...result });
     // The backup is available now: nothing may undo it any more.
     saga.clear();
     if (plan.tempSnapshot) {

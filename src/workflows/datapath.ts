@@ -7,7 +7,7 @@
 import { log, workflowInfo } from '@temporalio/workflow';
 import type { Loc } from '../activities/control.js';
 import type { CopyResult } from '../activities/node.js';
-import { compensation, control, nodeActivities } from './activities.js';
+import type { Activities } from './activities.js';
 import { Saga } from './saga.js';
 import { isNodeLost, type Tracker } from './common.js';
 
@@ -22,15 +22,17 @@ export interface DataPathRequest {
   tracker: Tracker;
   /** Called right before bytes start landing on the destination. */
   onCopyStart?: () => void;
+  acts: Activities;
 }
 
 export async function runDataPath(req: DataPathRequest): Promise<CopyResult> {
   const lost: string[] = [];
   const taskQueue = workflowInfo().taskQueue;
+  const { control, compensation } = req.acts;
   for (;;) {
     const node = await control.chooseNode({ backends: [...new Set([req.source.backend, req.dest.backend])], exclude: lost, key: req.key });
     req.tracker.state.node = node;
-    const acts = nodeActivities(taskQueue, node);
+    const acts = req.acts.node(taskQueue, node);
     const held = new Saga();
     try {
       req.tracker.phase('attaching');

@@ -5,7 +5,7 @@
  */
 import { upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
 import { RestoreBackupInput, SEARCH_ATTRIBUTES, type RestoreResult } from '../api.js';
-import { compensation, control } from './activities.js';
+import { activities, control } from './activities.js';
 import { failureReason, parseInput, Tracker } from './common.js';
 import { runDataPath } from './datapath.js';
 import { Saga } from './saga.js';
@@ -25,6 +25,7 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
   try {
     tracker.phase('validating');
     const plan = await control.beginRestore({ ...input, newVolumeId });
+    const { control: ctl, compensation } = activities(plan.timeouts);
     saga.add('fail restore', () => compensation.failRestore({ backupId: plan.backupId, volumeId: plan.volumeId, createdVolume: plan.createdVolume, dataTouched, reason }));
     upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.backend, value: plan.dest.backend }]);
     tracker.state.bytesTotal = plan.size;
@@ -33,14 +34,14 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
     tracker.phase('storage-assisted copy');
     // A clone replaces the destination's contents whole: from here on an existing volume is touched.
     dataTouched = !plan.createdVolume;
-    const assisted = await control.storageAssistedCopy({ source: plan.source, dest: plan.dest, size: plan.size });
+    const assisted = await ctl.storageAssistedCopy({ source: plan.source, dest: plan.dest, size: plan.size });
     if (!assisted.assisted) {
       if (plan.createdVolume) {
         tracker.phase('creating volume');
-        await control.createBackendVolume({ loc: plan.dest, size: plan.size });
+        await ctl.createBackendVolume({ loc: plan.dest, size: plan.size });
       } else {
         // The old contents must not shine through where the backup has holes.
-        await control.clearBackendVolume({ loc: plan.dest });
+        await ctl.clearBackendVolume({ loc: plan.dest });
       }
       await runDataPath({
         source: plan.source,
@@ -49,12 +50,13 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
         sparse: true,
         key: plan.volumeId,
         tracker,
+        acts: activities(plan.timeouts),
         onCopyStart: () => (dataTouched = true),
       });
     }
 
     tracker.phase('finalizing');
-    const volume = await control.finalizeRestore({ backupId: plan.backupId, volumeId: plan.volumeId });
+    const volume = await ctl.finalizeRestore({ backupId: plan.backupId, volumeId: plan.volumeId });
     tracker.phase('done');
     tracker.status('available');
     return { volume, backupId: plan.backupId };
