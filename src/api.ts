@@ -152,6 +152,8 @@ export interface Progress {
   node: string | null;
   backupId: string | null;
   volumeId: string | null;
+  /** The finished copy: where it resumed (0 unless a crash interrupted it) and what its last attempt moved. */
+  lastCopy?: { resumedFrom: number; bytesCopied: number; storedBytes: number; node: string };
 }
 
 /**

@@ -57,6 +57,13 @@ export interface BackupRecordFile {
   volume: { id: string; name: string; backend: string; pool: string | null; size: number };
 }
 
+/** Spreads copies over nodes deterministically by key, so a retry picks the same node. */
+export function spreadIndex(key: string, n: number): number {
+  let h = 0;
+  for (const ch of key) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
+  return h % n;
+}
+
 export function createControlActivities(rt: Runtime) {
   const cat = () => rt.catalog;
   const timeouts: Timeouts = { scheduleToStartMs: rt.config.timeouts.scheduleToStart * 1000, heartbeatMs: rt.config.timeouts.heartbeat * 1000 };
@@ -160,10 +167,7 @@ export function createControlActivities(rt: Runtime) {
             : `every node that reaches ${input.backends.join(' and ')} failed (${input.exclude.join(', ')})`,
         );
       }
-      // Spread backups over nodes deterministically by key, so a retry picks the same one.
-      let h = 0;
-      for (const ch of input.key) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
-      return usable[h % usable.length]!.name;
+      return usable[spreadIndex(input.key, usable.length)]!.name;
     },
 
     async createBackendVolume(input: { loc: Loc; size: number }): Promise<void> {

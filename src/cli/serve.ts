@@ -4,6 +4,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { BackupResult, RestoreResult } from '../api.js';
+import { DefaultLogger, Runtime as TemporalRuntime, type LogLevel } from '@temporalio/worker';
 import { GbackupClient } from '../client/client.js';
 import { parseConfig, type LoadedConfig } from '../config/load.js';
 import { freePort, portIsFree, startDevServer } from '../devserver.js';
@@ -21,7 +22,14 @@ function untilSignal(): Promise<string> {
   });
 }
 
+/** Temporal's own logging: INFO for a production worker, quieter for dev and the demo. */
+function installLogger(fallback: LogLevel): void {
+  const level = (process.env.GBACKUP_LOG_LEVEL ?? fallback) as LogLevel;
+  TemporalRuntime.install({ logger: new DefaultLogger(level) });
+}
+
 export async function runWorker(config: LoadedConfig, node?: string): Promise<void> {
+  installLogger('INFO');
   const w = await startWorkers({ config, node });
   const stop = untilSignal().then(() => w.shutdown());
   await Promise.race([w.done, stop]);
@@ -33,6 +41,7 @@ function splitAddress(address: string): { host: string; port: number } {
 }
 
 export async function runDev(config: LoadedConfig, opts: { port?: string; uiPort?: string }): Promise<void> {
+  installLogger('WARN');
   const { host, port } = splitAddress(config.temporal.address);
   const server = await startDevServer({
     ip: host,
@@ -62,6 +71,7 @@ async function writeDemoImage(file: string, size: number): Promise<void> {
 }
 
 export async function runDemo(opts: { keepRunning?: boolean; size?: string }): Promise<void> {
+  installLogger('WARN');
   const dir = resolve('var', 'demo');
   mkdirSync(dir, { recursive: true });
   const say = (m: string) => process.stderr.write(`${m}\n`);

@@ -47,6 +47,9 @@ export async function runDataPath(req: DataPathRequest): Promise<CopyResult> {
       req.tracker.phase('copying');
       req.onCopyStart?.();
       const result = await acts.copy.copyVolume({ source: src, dest: dst, size: req.size, sparse: req.sparse });
+      req.tracker.state.lastCopy = { resumedFrom: result.resumedFrom, bytesCopied: result.bytesCopied, storedBytes: result.storedBytes, node: result.node };
+      req.tracker.state.bytesDone = result.storedBytes;
+      req.tracker.state.bytesTotal = result.storedBytes;
       req.tracker.phase('detaching');
       const failed = await held.unwind();
       if (failed.length > 0) log.warn('detach did not finish; the node reconciles it at its next start', { node, failed });

@@ -56,11 +56,11 @@ targets:
 defaultTarget: vault
 `;
 
-export async function makeEnv(opts: { yaml?: (dir: string, taskQueue: string, address: string) => string; workers?: boolean } = {}): Promise<TestEnv> {
+export async function makeEnv(opts: { yaml?: (dir: string, taskQueue: string, address: string) => string; workers?: boolean; address?: string } = {}): Promise<TestEnv> {
   quietTemporal();
   const dir = mkdtempSync(join(tmpdir(), 'gbackup-test-'));
   const taskQueue = `t-${randomBytes(4).toString('hex')}`;
-  const address = inject('temporalAddress');
+  const address = opts.address ?? inject('temporalAddress');
   const yaml = (opts.yaml ?? DEFAULT_YAML)(dir, taskQueue, address);
   const configFile = join(dir, 'config.yaml');
   writeFileSync(configFile, yaml);
@@ -106,9 +106,9 @@ export async function makeImage(file: string, size: number, dataAtMiB: number[],
 }
 
 /** A volume on `backend` holding random data (and holes), made through the real import path. */
-export async function volumeWithData(env: TestEnv, backend: string, pool: string | undefined, sizeMiB = 32, dataAtMiB = [0, 12, sizeMiB - 4]) {
+export async function volumeWithData(env: TestEnv, backend: string, pool: string | undefined, sizeMiB = 32, dataAtMiB = [0, 12, sizeMiB - 4], chunk = 4 * MiB) {
   const img = join(env.dir, `src-${randomBytes(3).toString('hex')}.img`);
-  await makeImage(img, sizeMiB * MiB, dataAtMiB);
+  await makeImage(img, sizeMiB * MiB, dataAtMiB, chunk);
   const v = await env.volumes.import({ backend, pool, file: img });
   rmSync(img);
   return v;
