@@ -1,4 +1,13 @@
 import { defineConfig } from 'vitest/config';
+import { BaseSequencer, type TestSpecification } from 'vitest/node';
+
+/** Alphabetical, with the replay of every history the suite made last. */
+class ReplayLast extends BaseSequencer {
+  override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
+    const key = (f: TestSpecification) => (f.moduleId.endsWith('replay.test.ts') ? `~${f.moduleId}` : f.moduleId);
+    return [...files].sort((a, b) => key(a).localeCompare(key(b)));
+  }
+}
 
 // Integration tests share one real Temporal dev server (test/global-setup.ts) and
 // real loop devices, so files run one at a time in forked processes: the Temporal
@@ -13,5 +22,6 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 120_000,
     reporters: ['default'],
+    sequence: { sequencer: ReplayLast },
   },
 });

@@ -13,10 +13,11 @@
  *
  * Needs root (loop devices, drop_caches). Everything lives in a temporary directory under
  * /var/tmp, which is removed at the end together with its loop devices and the server.
- * BENCH_REPEAT=n repeats each backup/restore n times and reports the median.
+ * BENCH_REPEAT=n (default 3) repeats every timed step n times and reports the median;
+ * BENCH_SIZE_GIB=n uses n GiB volumes (default 1).
  */
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { open, rm } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -29,7 +30,7 @@ import { parseConfig } from '../src/config/load.js';
 import { listLoopDevices } from '../src/connectors/loop.js';
 import { copyExtents } from '../src/copy/dd.js';
 import { dataExtents } from '../src/copy/extents.js';
-import { repoRoot, startDevServer, type DevServer } from '../src/devserver.js';
+import { repoRoot, startDevServer, temporalBinary, type DevServer } from '../src/devserver.js';
 import { Runtime } from '../src/runtime.js';
 import { MiB } from '../src/size.js';
 import { sha256File, Volumes } from '../src/volumes.js';
@@ -44,7 +45,13 @@ const SPARSE_FRACTION = 0.1;
 const SWEEP_BLOCK_SIZES = [1 * MiB, 4 * MiB, 8 * MiB, 16 * MiB];
 const REFERENCE_BS = 4 * MiB;
 const TMPFS_MAGIC = 0x01021994;
-const REPEAT = Math.max(1, Number.parseInt(process.env.BENCH_REPEAT ?? '1', 10) || 1);
+/**
+ * BENCH_DYNAMIC_CONFIG="key=value,key=value": extra `--dynamic-config-value`s for the dev
+ * server, e.g. history.transferProcessorMaxPollRPS=1000 (the single-shard dev server caps
+ * task dispatch at 20 per second by default, which makes back-to-back steps ~50 ms each).
+ */
+const DYNAMIC_CONFIG = (process.env.BENCH_DYNAMIC_CONFIG ?? '').split(',').map((kv) => kv.trim()).filter((kv) => /^[\w.]+=\S+$/.test(kv));
+const REPEAT = Math.max(1, Number.parseInt(process.env.BENCH_REPEAT ?? '3', 10) || 1);
 
 const say = (m: string) => process.stderr.write(`bench: ${m}\n`);
 const MB = (bytes: number) => bytes / 1e6;
@@ -319,8 +326,12 @@ interface ScenarioResult {
   restoreMBps: number;
   restoreCopySeconds: number;
   ddReferenceSeconds: number;
+  ddReferenceSamples: number[];
+  ddFsyncSeconds: number;
+  ddFsyncSamples: number[];
   ddReferenceMBps: number;
   engineSeconds: number;
+  engineSamples: number[];
   backupRatio: number;
   restoreRatio: number;
   verified: boolean;
@@ -373,11 +384,21 @@ async function backupAndRestore(client: GbackupClient, rt: Runtime, volumes: Vol
   };
 }
 
+/** Median of REPEAT cold runs: a shared 2-core VM's disk varies by 10-20% from run to run. */
+async function sampled(what: string, fn: () => Promise<number>): Promise<{ seconds: number; samples: number[] }> {
+  const samples: number[] = [];
+  for (let i = 0; i < REPEAT; i++) samples.push(await fn());
+  say(`${what}: ${samples.map((x) => fmt(x)).join(' ')} s`);
+  return { seconds: median(samples), samples };
+}
+
 async function measureScenario(client: GbackupClient, rt: Runtime, volumes: Volumes, s: Scenario, scratch: string): Promise<ScenarioResult> {
-  const ddReferenceSeconds = await ddLoop(s.image, scratch, REFERENCE_BS);
-  say(`${s.name}: dd reference bs=${bsLabel(REFERENCE_BS)} ${fmt(ddReferenceSeconds)} s`);
-  const engineSeconds = await engineLoop(s.image, scratch, REFERENCE_BS);
-  say(`${s.name}: copy engine without Temporal ${fmt(engineSeconds)} s`);
+  const dd = await sampled(`${s.name}: dd reference bs=${bsLabel(REFERENCE_BS)}`, () => ddLoop(s.image, scratch, REFERENCE_BS));
+  // The same dd with conv=fsync: the durability the copy engine promises ('available' means on disk).
+  const ddFsync = await sampled(`${s.name}: dd reference + conv=fsync`, () => ddLoop(s.image, scratch, REFERENCE_BS, ['conv=fsync']));
+  const engine = await sampled(`${s.name}: copy engine without Temporal`, () => engineLoop(s.image, scratch, REFERENCE_BS));
+  const ddReferenceSeconds = dd.seconds;
+  const engineSeconds = engine.seconds;
   const runs: Run[] = [];
   for (let i = 1; i <= REPEAT; i++) runs.push(await backupAndRestore(client, rt, volumes, s, i));
   const backupSeconds = median(runs.map((r) => r.backupSeconds));
@@ -398,8 +419,12 @@ async function measureScenario(client: GbackupClient, rt: Runtime, volumes: Volu
     restoreMBps: MB(VOLUME_SIZE) / restoreSeconds,
     restoreCopySeconds: median(runs.map((r) => r.restoreCopySeconds)),
     ddReferenceSeconds,
+    ddReferenceSamples: dd.samples,
+    ddFsyncSeconds: ddFsync.seconds,
+    ddFsyncSamples: ddFsync.samples,
     ddReferenceMBps: MB(VOLUME_SIZE) / ddReferenceSeconds,
     engineSeconds,
+    engineSamples: engine.samples,
     // Same bytes on both sides, so the throughput ratio is the inverse time ratio.
     backupRatio: ddReferenceSeconds / backupSeconds,
     restoreRatio: ddReferenceSeconds / restoreSeconds,
@@ -425,6 +450,7 @@ function report(results: ScenarioResult[], sweep: { bs: number; seconds: number 
     fmt(r.backupSeconds),
     fmt(r.backupMBps, 0),
     fmt(r.ddReferenceSeconds),
+    fmt(r.ddFsyncSeconds),
     fmt(r.engineSeconds),
     fmt(r.backupRatio),
     fmt(r.restoreSeconds),
@@ -435,11 +461,13 @@ function report(results: ScenarioResult[], sweep: { bs: number; seconds: number 
   const out: string[] = [];
   out.push('');
   out.push(`gbackup bench: ${cpus().length} CPU, ${fmt(totalmem() / GiB, 1)} GiB RAM, file backends on loop devices (direct I/O), cold cache per measurement, median of ${REPEAT} run(s)`);
+  if (DYNAMIC_CONFIG.length > 0) out.push(`dev server dynamic config: ${DYNAMIC_CONFIG.join(', ')}`);
   out.push('MB = 10^6 bytes. MB/s = volume bytes / wall-clock seconds. ratio = our throughput / dd throughput over the same volume (higher is better).');
-  out.push('dd-ref: dd bs=4M iflag=direct oflag=direct between two loop devices over the whole volume. engine: copyExtents alone (extent scan + dd per extent, no Temporal).');
+  out.push('dd-ref: dd bs=4M iflag=direct oflag=direct between two loop devices over the whole volume (the ratios use it); +fsync: the same with conv=fsync.');
+  out.push('engine: copyExtents alone (extent scan + dd per extent, conv=fsync, no Temporal).');
   out.push('');
   out.push(
-    table(['scenario', 'volume bytes', 'data bytes', 'backup s', 'backup MB/s', 'dd-ref s', 'engine s', 'ratio', 'restore s', 'restore MB/s', 'ratio', 'speedup vs A (bk/rs)'], rows),
+    table(['scenario', 'volume bytes', 'data bytes', 'backup s', 'backup MB/s', 'dd-ref s', '+fsync s', 'engine s', 'ratio', 'restore s', 'restore MB/s', 'ratio', 'speedup vs A (bk/rs)'], rows),
   );
   out.push('');
   for (const r of results) {
@@ -447,7 +475,7 @@ function report(results: ScenarioResult[], sweep: { bs: number; seconds: number 
       `${r.scenario}: ${r.volumeBytes} bytes (${fmt(MB(r.volumeBytes), 1)} MB, ${r.volumeBytes / MiB} MiB) volume, ${r.dataBytes} bytes (${fmt(MB(r.dataBytes), 1)} MB, ${r.dataBytes / MiB} MiB) of data in ${r.extents} extent(s)`,
     );
     out.push(
-      `   dd reference ${fmt(r.ddReferenceSeconds)} s (${fmt(r.ddReferenceMBps, 0)} MB/s); copy engine without Temporal ${fmt(r.engineSeconds)} s; copy activity inside the workflow: backup ${fmt(r.backupCopySeconds)} s, restore ${fmt(r.restoreCopySeconds)} s`,
+      `   dd reference ${fmt(r.ddReferenceSeconds)} s (${fmt(r.ddReferenceMBps, 0)} MB/s), with conv=fsync ${fmt(r.ddFsyncSeconds)} s; copy engine without Temporal ${fmt(r.engineSeconds)} s; copy activity inside the workflow: backup ${fmt(r.backupCopySeconds)} s, restore ${fmt(r.restoreCopySeconds)} s`,
     );
     const t = [...r.runs].sort((x, y) => x.backupSeconds - y.backupSeconds)[Math.floor(r.runs.length / 2)]!;
     for (const [what, wall, tl] of [
@@ -469,7 +497,7 @@ function report(results: ScenarioResult[], sweep: { bs: number; seconds: number 
   out.push(`fixed cost of a workflow (16 MiB volume, 4 MiB of data, second of two back-to-back runs): backup ${fmt(probe.backup)} s, restore ${fmt(probe.restore)} s`);
   out.push('');
   const ref = sweep.find((s) => s.bs === 4 * MiB);
-  out.push('dd block size (loop device -> loop device, direct I/O, scenario A bytes, cold cache each):');
+  out.push(`dd block size (loop device -> loop device, direct I/O, scenario A bytes, cold cache each, median of ${REPEAT}):`);
   out.push(
     table(
       ['bs', 'seconds', 'MB/s', 'vs 4M'],
@@ -506,6 +534,15 @@ async function run(): Promise<void> {
   process.once('SIGTERM', onSignal);
   try {
     const { dir } = world;
+    if (DYNAMIC_CONFIG.length > 0) {
+      // startDevServer takes no extra flags; a wrapper named by GBACKUP_TEMPORAL_BIN adds them.
+      const wrapper = join(dir, 'temporal-with-dynamic-config');
+      const quote = (x: string) => `'${x.replace(/'/g, `'\\''`)}'`;
+      writeFileSync(wrapper, `#!/bin/sh\nexec ${quote(temporalBinary())} "$@" ${DYNAMIC_CONFIG.map((kv) => `--dynamic-config-value ${quote(kv)}`).join(' ')}\n`);
+      chmodSync(wrapper, 0o755);
+      process.env.GBACKUP_TEMPORAL_BIN = wrapper;
+      say(`dev server dynamic config: ${DYNAMIC_CONFIG.join(', ')}`);
+    }
     say(`working in ${dir}; starting Temporal dev server`);
     world.server = await startDevServer({ uiPort: null, dbFile: join(dir, 'temporal.sqlite') });
     const yaml = `
@@ -551,12 +588,11 @@ defaultTarget: vault
     const results: ScenarioResult[] = [];
     for (const s of [A, B]) results.push(await measureScenario(client, rt, volumes, s, scratch));
 
-    const sweep: { bs: number; seconds: number }[] = [];
-    for (const bs of SWEEP_BLOCK_SIZES) {
-      const seconds = await ddLoop(A.image, scratch, bs);
-      say(`dd bs=${bsLabel(bs)}: ${fmt(seconds)} s`);
-      sweep.push({ bs, seconds });
-    }
+    // Round-robin over the block sizes, so a slow phase of the shared disk hits them all alike.
+    const samples = new Map<number, number[]>(SWEEP_BLOCK_SIZES.map((bs) => [bs, []]));
+    for (let i = 0; i < REPEAT; i++) for (const bs of SWEEP_BLOCK_SIZES) samples.get(bs)!.push(await ddLoop(A.image, scratch, bs));
+    const sweep = SWEEP_BLOCK_SIZES.map((bs) => ({ bs, seconds: median(samples.get(bs)!), samples: samples.get(bs)! }));
+    for (const s of sweep) say(`dd bs=${bsLabel(s.bs)}: ${s.samples.map((x) => fmt(x)).join(' ')} s`);
 
     const { text, ok } = report(results, sweep, probe);
     process.stdout.write(text);
@@ -571,11 +607,12 @@ defaultTarget: vault
           date: new Date().toISOString(),
           host: { cpus: cpus().length, memBytes: totalmem(), dir: base },
           repeat: REPEAT,
+          devServerDynamicConfig: DYNAMIC_CONFIG,
           units: { MB: 1e6, MiB },
           scenarios: results,
           speedupBvsA: { backup: a.backupSeconds / b.backupSeconds, restore: a.restoreSeconds / b.restoreSeconds },
           workflowFixedCost: { volumeBytes: 16 * MiB, backupSeconds: probe.backup, restoreSeconds: probe.restore },
-          ddBlockSizeSweep: sweep.map((s) => ({ bs: s.bs, label: bsLabel(s.bs), seconds: s.seconds, MBps: MB(VOLUME_SIZE) / s.seconds })),
+          ddBlockSizeSweep: sweep.map((s) => ({ bs: s.bs, label: bsLabel(s.bs), seconds: s.seconds, samples: s.samples, MBps: MB(VOLUME_SIZE) / s.seconds })),
           targets: {
             fullVsDd: { want: 0.9, backup: a.backupRatio, restore: a.restoreRatio },
             sparseSpeedup: { want: 5, backup: a.backupSeconds / b.backupSeconds, restore: a.restoreSeconds / b.restoreSeconds },

@@ -12,7 +12,7 @@
  * - hang:      holds the step (heartbeating) until cancelled, or 5 s: lets a test cancel
  *              mid-step; a step that cannot be cancelled then simply goes on
  */
-import { readFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
 import { Context } from '@temporalio/activity';
 import { GbackupError, InjectedFault } from './errors.js';
 
@@ -52,6 +52,8 @@ function attempt(): number {
 export async function failpoint(step: string): Promise<void> {
   const fault = activeFault(step);
   if (!fault) return;
+  // Tests wait on this trail to know a fault fired (e.g. to cancel while a step hangs).
+  if (process.env.GBACKUP_FAILPOINTS_FILE) appendFileSync(`${process.env.GBACKUP_FAILPOINTS_FILE}.fired`, `${step}=${fault}@${attempt()}\n`);
   switch (fault) {
     case 'error':
       throw new InjectedFault(`failpoint '${step}': injected error`);

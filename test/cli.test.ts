@@ -119,4 +119,43 @@ describe('gbackup CLI', () => {
     expect(u.exitCode).toBe(1);
     expect(u.stderr).toMatch(/cannot reach Temporal at 127\.0\.0\.1:1/);
   });
+
+  it('attaches for an instance, snapshots, backs up in-use with --force, throttles and cancels from the command line', async () => {
+    const img = join(env.dir, 'in2.img');
+    await makeImage(img, 64 * MiB, [0, 16, 32, 48], 16 * MiB);
+    const vol = (await gb('volume', 'import', '--backend', 'alpha', '--pool', 'gold', '--file', img, '--json')).json;
+    const att = await gb('volume', 'attach', vol.id as string, '--instance', 'vm-cli', '--json');
+    expect(att.code, att.stderr).toBe(0);
+    expect(att.json).toMatchObject({ status: 'in-use', instance: 'vm-cli' });
+    expect(att.json.device).toMatch(/^\/dev\/loop\d+$/);
+
+    const refused = await gb('backup', 'create', vol.id as string, '--json');
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/is 'in-use' \(instance vm-cli\); back it up with --force/);
+
+    const snap = await gb('snapshot', 'create', vol.id as string, '--name', 'cli-snap', '--json');
+    expect(snap.code, snap.stderr).toBe(0);
+    expect(snap.json).toMatchObject({ name: 'cli-snap', volumeId: vol.id, status: 'available' });
+    expect(((await gb('snapshot', 'list', '--json')).json as unknown as { id: string }[]).map((x) => x.id)).toContain(snap.json.id);
+
+    const started = await gb('backup', 'create', vol.id as string, '--force', '--json');
+    expect(started.code, started.stderr).toBe(0);
+    const backupId = started.json.id as string;
+    const th = await gb('backup', 'throttle', backupId, '--bps', '4M', '--json');
+    expect(th.code, th.stderr).toBe(0);
+    expect(th.json).toMatchObject({ id: backupId, bps: 4 * MiB });
+    const cancel = await gb('backup', 'cancel', backupId, '--json');
+    expect(cancel.code, cancel.stderr).toBe(0);
+    for (let i = 0; i < 100 && env.rt.catalog.backup(backupId).status === 'creating'; i++) await new Promise((r) => setTimeout(r, 200));
+    expect(env.rt.catalog.backup(backupId)).toMatchObject({ status: 'error', error: 'cancelled' });
+    expect(env.rt.catalog.volume(vol.id as string).status).toBe('in-use');
+    expect((await gb('backup', 'cancel', backupId)).code).toBe(2);
+
+    const fromSnap = await gb('backup', 'create', vol.id as string, '--snapshot', snap.json.id as string, '--wait', '--json');
+    expect(fromSnap.code, fromSnap.stderr).toBe(0);
+    expect(fromSnap.json).toMatchObject({ status: 'available', snapshotId: snap.json.id });
+    expect((await gb('snapshot', 'delete', snap.json.id as string, '--json')).code).toBe(0);
+    expect((await gb('volume', 'detach', vol.id as string, '--json')).json).toMatchObject({ status: 'available', instance: null });
+    expect(await findLeaks(env)).toEqual(NO_LEAKS);
+  });
 });

@@ -57,6 +57,22 @@ export interface BackupRecordFile {
   volume: { id: string; name: string; backend: string; pool: string | null; size: number };
 }
 
+/**
+ * Temporary snapshots carry their backup's id, so the control worker can always find
+ * the ones whose backup no longer runs (a cleanup that failed for good) and remove them.
+ */
+export async function sweepTempSnapshots(rt: Runtime): Promise<string[]> {
+  const c = rt.catalog;
+  const removed: string[] = [];
+  for (const s of c.listSnapshots()) {
+    if (s.backupId === null || c.findBackup(s.backupId)?.status === 'creating') continue;
+    await rt.driver(s.backend).deleteVolume({ pool: s.pool, name: s.id });
+    c.deleteSnapshotRecord(s.id);
+    removed.push(s.id);
+  }
+  return removed;
+}
+
 /** Spreads copies over nodes deterministically by key, so a retry picks the same node. */
 export function spreadIndex(key: string, n: number): number {
   let h = 0;

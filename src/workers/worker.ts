@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { nodeTaskQueue } from '../api.js';
-import { createControlActivities } from '../activities/control.js';
+import { createControlActivities, sweepTempSnapshots } from '../activities/control.js';
 import { createNodeActivities } from '../activities/node.js';
 import type { LoadedConfig } from '../config/load.js';
 import { LoopConnector } from '../connectors/loop.js';
@@ -72,6 +72,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
   const workers: Worker[] = [];
   let ledger: AttachmentLedger | undefined;
   let reconcileTimer: NodeJS.Timeout | undefined;
+  let sweepTimer: NodeJS.Timeout | undefined;
 
   try {
     if (roles.control) {
@@ -82,10 +83,18 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
           taskQueue: config.temporal.taskQueue,
           ...workflowSource(opts.workflowBundle),
           activities: createControlActivities(runtime),
+          // After a worker dies, its cached workflows wait this long before another worker
+          // takes them over (default 10 s).
+          stickyQueueScheduleToStartTimeout: '3 seconds',
           interceptors: { activity: [keepAlive] },
           maxHeartbeatThrottleInterval: '1 second',
         }),
       );
+      sweepTimer = setInterval(() => {
+        sweepTempSnapshots(runtime)
+          .then((removed) => removed.forEach((id) => log(`gbackup: removed temporary snapshot ${id} left by a finished backup`)))
+          .catch((e: unknown) => log(`gbackup: snapshot sweep failed: ${String(e)}`));
+      }, config.timeouts.reconcileEvery * 1000);
     }
     if (roles.node) {
       const connector = new LoopConnector(runtime.nodeRoots(node));
@@ -134,6 +143,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
     }
   } catch (e) {
     clearInterval(reconcileTimer);
+    clearInterval(sweepTimer);
     await connection.close();
     await clientConnection.close();
     throw e;
@@ -142,6 +152,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
   log(`gbackup worker: node '${node}', task queues: ${workers.map((w) => w.options.taskQueue).join(', ')} on ${config.temporal.address}`);
   const done = Promise.all(workers.map((w) => w.run())).then(async () => {
     clearInterval(reconcileTimer);
+    clearInterval(sweepTimer);
     ledger?.close();
     runtime.close();
     await connection.close();

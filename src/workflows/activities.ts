@@ -39,6 +39,9 @@ export function activities(t: Timeouts = DEFAULT_TIMEOUTS) {
   const control: ActivityOptions = {
     startToCloseTimeout: '2 hours',
     heartbeatTimeout: t.heartbeatMs,
+    // A cancel waits for the step to stop: a step that commits anyway (say, finalize)
+    // is then seen as done, instead of being raced by the compensations.
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     retry: { ...retry, maximumAttempts: 8 },
   };
   const nodeStep = (queue: string): ActivityOptions => ({

@@ -7,7 +7,7 @@
  * Every step pushes its undo first; on failure or cancel the undos run in reverse, so
  * no attachment or half-made volume survives, and the source returns to its status.
  */
-import { CancellationScope, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
+import { CancellationScope, log, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
 import { BackupVolumeInput, SEARCH_ATTRIBUTES, type BackupResult } from '../api.js';
 import { activities, control } from './activities.js';
 import { failureReason, parseInput, Tracker } from './common.js';
@@ -63,7 +63,12 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
     saga.clear();
     if (plan.tempSnapshot) {
       tracker.phase('removing temporary snapshot');
-      await CancellationScope.nonCancellable(() => compensation.deleteSnapshot({ snapshotId: plan.tempSnapshot!.name }));
+      const snapshotId = plan.tempSnapshot.name;
+      // The backup stands whatever happens here; a snapshot that cannot be removed now
+      // is found by the control worker's sweep (it carries the backup id).
+      await CancellationScope.nonCancellable(() => compensation.deleteSnapshot({ snapshotId })).catch((e: unknown) =>
+        log.warn('temporary snapshot not removed; the sweep will', { snapshotId, error: String(e) }),
+      );
     }
     tracker.phase('done');
     tracker.status('available');

@@ -19,7 +19,16 @@ export interface LeakReport {
 
 export async function findLeaks(env: TestEnv): Promise<LeakReport> {
   const roots = [env.dir, ...[...env.rt.drivers.values()].map((d) => `${d.placeLocation(null)}/`)];
-  const loopDevices = (await listLoopDevices()).filter((d) => roots.some((r) => d.backingFile.startsWith(r))).map((d) => `${d.device} -> ${d.backingFile}`);
+  // A volume attached to an instance (volume attach) is in use on purpose, not a leak.
+  const instanceFiles = new Set(
+    env.rt.catalog
+      .listVolumes()
+      .filter((v) => v.instance !== null)
+      .map((v) => env.rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }).path),
+  );
+  const loopDevices = (await listLoopDevices())
+    .filter((d) => roots.some((r) => d.backingFile.startsWith(r)) && !instanceFiles.has(d.backingFile))
+    .map((d) => `${d.device} -> ${d.backingFile}`);
   const ledgerEntries: string[] = [];
   const nodesDir = join(env.config.stateDir, 'nodes');
   if (existsSync(nodesDir)) {

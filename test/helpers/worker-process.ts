@@ -13,6 +13,8 @@ const BIN = join(import.meta.dirname, '..', '..', 'bin', 'gbackup.js');
 export interface WorkerProcess {
   /** Everything the worker printed on stderr so far. */
   output(): string;
+  /** True while the process runs. */
+  alive(): boolean;
   kill(): Promise<void>;
   stop(): Promise<void>;
   start(): Promise<void>;
@@ -29,6 +31,7 @@ export function workerProcess(opts: { dir: string; configFile: string; node?: st
   let out = '';
   const wp: WorkerProcess = {
     output: () => out,
+    alive: () => proc !== undefined && proc.exitCode === null && proc.signalCode === null,
     setFailpoints(spec) {
       writeFileSync(failpoints, spec);
     },
@@ -40,21 +43,21 @@ export function workerProcess(opts: { dir: string; configFile: string; node?: st
         env: { GBACKUP_WORKFLOW_BUNDLE: bundle, GBACKUP_FAILPOINTS_FILE: failpoints, GBACKUP_LOG_LEVEL: 'WARN' },
       });
       const p = proc;
+      let mine = '';
       await new Promise<void>((resolve, reject) => {
-        const t = setTimeout(() => reject(new Error(`worker ${tag} did not start: ${out}`)), 60_000);
+        const t = setTimeout(() => reject(new Error(`worker ${tag} did not start: ${mine}`)), 60_000);
         p.stderr?.on('data', (d: Buffer) => {
           out += d.toString();
-          if (out.includes('gbackup worker: node')) {
+          mine += d.toString();
+          if (mine.includes('gbackup worker: node')) {
             clearTimeout(t);
             resolve();
           }
         });
         void p.then(() => {
           clearTimeout(t);
-          reject(new Error(`worker ${tag} exited: ${out}`));
+          if (!mine.includes('gbackup worker: node')) reject(new Error(`worker ${tag} exited: ${mine}`));
         });
-      }).catch((e: unknown) => {
-        if (!out.includes('gbackup worker: node')) throw e;
       });
     },
     async kill() {

@@ -1,0 +1,106 @@
+/**
+ * Every activity can run twice with the same input and end in the same state: create
+ * finds what the first run made, delete and detach of something gone succeed. Run
+ * through Temporal's MockActivityEnvironment against real drivers, loop devices and
+ * catalog (no server needed for this boundary).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { createControlActivities } from '../src/activities/control.js';
+import { createNodeActivities } from '../src/activities/node.js';
+import { LoopConnector, listLoopDevices } from '../src/connectors/loop.js';
+import { Throttle } from '../src/copy/throttle.js';
+import { AttachmentLedger } from '../src/node/ledger.js';
+import { MiB } from '../src/size.js';
+import { Snapshots } from '../src/snapshots.js';
+import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
+import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
+
+let env: TestEnv;
+let ledger: AttachmentLedger;
+beforeAll(async () => {
+  env = await makeEnv({ workers: false });
+  ledger = new AttachmentLedger(join(env.config.stateDir, 'nodes', 'test', 'ledger.sqlite'));
+});
+afterAll(async () => {
+  ledger?.close();
+  await env?.cleanup();
+});
+
+function world() {
+  const files: string[] = [];
+  const walk = (d: string) => {
+    for (const f of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, f.name);
+      if (f.isDirectory()) walk(p);
+      else files.push(`${p}:${statSync(p).size}`);
+    }
+  };
+  for (const b of ['alpha', 'beta', 'gamma']) walk(join(env.dir, b));
+  const c = env.rt.catalog;
+  const strip = <T extends { updatedAt?: string }>(x: T) => ({ ...x, updatedAt: undefined });
+  return { files: files.sort(), volumes: c.listVolumes().map(strip), backups: c.listBackups().map(strip), snapshots: c.listSnapshots(), ledger: ledger.entries().map((e) => e.path) };
+}
+
+/** Runs `fn` twice in one workflow's activity context; returns both results and the world after each. */
+async function twice<R>(workflowId: string, fn: () => Promise<R>) {
+  const mock = new MockActivityEnvironment({ workflowExecution: { workflowId, runId: 'run-1' }, heartbeatTimeoutMs: 0 } as never);
+  const first = await mock.run(fn);
+  const afterFirst = world();
+  const second = await mock.run(fn);
+  expect(world(), 'second run changed the state').toEqual(afterFirst);
+  return { first, second };
+}
+
+describe('every activity is idempotent', () => {
+  it('control and node activities of a whole backup and restore, each run twice', async () => {
+    const control = createControlActivities(env.rt);
+    const node = createNodeActivities({ node: 'test', connector: new LoopConnector([env.dir]), ledger, throttle: new Throttle(undefined), blockSize: 4 * MiB });
+    const vol = await volumeWithData(env, 'alpha', 'gold', 16, [0, 8]);
+    await new Snapshots(env.rt).attach(vol.id, 'vm');
+    const wf = `backup-volume-${vol.id}`;
+    const backupId = 'bak-idem';
+
+    const plan = (await twice(wf, () => control.beginBackup({ backupId, volumeId: vol.id, force: true }))).first;
+    expect(plan.tempSnapshot?.name).toBe(`backup-snap-${backupId}`);
+    await twice(wf, () => control.createTempSnapshot({ backupId, volumeId: vol.id }));
+    const assisted = await twice(wf, () => control.storageAssistedCopy({ source: plan.source, dest: plan.dest, size: plan.size }));
+    expect(assisted.first.assisted).toBe(false);
+    await twice(wf, () => control.createBackendVolume({ loc: plan.dest, size: plan.size }));
+    const src = (await twice(wf, () => control.initializeConnection({ loc: plan.source, readOnly: true }))).first;
+    const dst = (await twice(wf, () => control.initializeConnection({ loc: plan.dest, readOnly: false }))).first;
+    const a1 = await twice(wf, () => node.attachVolume({ connection: src, role: 'source' }));
+    expect(a1.second.device).toBe(a1.first.device);
+    await twice(wf, () => node.attachVolume({ connection: dst, role: 'destination' }));
+    const copy = await twice(wf, () => node.copyVolume({ source: src, dest: dst, size: plan.size, sparse: true }));
+    expect(copy.second.storedBytes).toBe(copy.first.storedBytes);
+    await twice(wf, () => node.detachVolume({ connection: dst }));
+    await twice(wf, () => node.detachVolume({ connection: src }));
+    await twice(wf, () => control.terminateConnection({ loc: plan.dest }));
+    const fin = await twice(wf, () => control.finalizeBackup({ backupId, storedBytes: copy.first.storedBytes, method: 'generic', node: 'test' }));
+    expect(fin.second.status).toBe('available');
+    await twice(wf, () => control.deleteSnapshot({ snapshotId: `backup-snap-${backupId}` }));
+    await twice(wf, () => control.failBackup({ backupId, reason: 'late compensation must not undo an available backup' }));
+    expect(env.rt.catalog.backup(backupId).status).toBe('available');
+
+    const rwf = `restore-backup-${backupId}`;
+    const rplan = (await twice(rwf, () => control.beginRestore({ backupId, backend: 'gamma', newVolumeId: 'vol-idem' }))).first;
+    await twice(rwf, () => control.createBackendVolume({ loc: rplan.dest, size: rplan.size }));
+    await twice(rwf, () => control.finalizeRestore({ backupId, volumeId: 'vol-idem' }));
+    await twice(rwf, () => control.failRestore({ backupId, volumeId: 'vol-idem', createdVolume: true, dataTouched: true, reason: 'late' }));
+    expect(env.rt.catalog.volume('vol-idem').status).toBe('available');
+
+    const dwf = `delete-backup-${backupId}`;
+    const del = await twice(dwf, () => control.beginDeleteBackup({ backupId }));
+    await twice(dwf, () => control.deleteBackendVolume({ loc: del.first.location! }));
+    await twice(dwf, () => control.finishDeleteBackup({ backupId }));
+    await twice(dwf, () => control.failDeleteBackup({ backupId, reason: 'x' }));
+    expect(env.rt.catalog.findBackup(backupId)).toBeNull();
+
+    await new Snapshots(env.rt).detach(vol.id);
+    expect((await listLoopDevices()).filter((d) => d.backingFile.startsWith(env.dir))).toEqual([]);
+    expect(await findLeaks(env)).toEqual(NO_LEAKS);
+  });
+});

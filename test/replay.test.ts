@@ -1,0 +1,61 @@
+/**
+ * Determinism guard. Runs last (see vitest.config.ts): every workflow the suite ran on
+ * the shared server is replayed with the current workflow code, and so are the
+ * histories committed under test/fixtures/histories (recorded from earlier versions),
+ * so a change that would break running workflows fails CI.
+ *
+ * GBACKUP_SAVE_HISTORIES=1 adds this run's histories (one per type and outcome) to the
+ * fixtures.
+ */
+import { describe, expect, it } from 'vitest';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { inject } from 'vitest';
+import { Worker } from '@temporalio/worker';
+import { historyFromJSON, historyToJSON } from '@temporalio/common/lib/proto-utils.js';
+import { GbackupClient } from '../src/client/client.js';
+import { quietTemporal } from './helpers/env.js';
+
+const FIXTURES = join(import.meta.dirname, 'fixtures', 'histories');
+
+describe('workflow determinism', () => {
+  it('replays every workflow history of this run and every committed history without a determinism error', async () => {
+    quietTemporal();
+    const client = await GbackupClient.connect({ temporal: { address: inject('temporalAddress'), namespace: 'default', taskQueue: 'unused' } });
+    const bundle = { code: inject('workflowCode') };
+    try {
+      const histories: { workflowId: string; history: ReturnType<typeof historyFromJSON>; label: string }[] = [];
+      for await (const h of client.client.workflow.list({ query: 'ExecutionStatus != "Running"' }).intoHistories()) {
+        histories.push({ ...h, label: h.workflowId });
+      }
+      const fromThisRun = histories.length;
+      if (process.env.GBACKUP_SAVE_HISTORIES) {
+        const seen = new Set<string>();
+        for (const h of histories) {
+          const first = h.history.events?.[0]?.workflowExecutionStartedEventAttributes?.workflowType?.name ?? 'unknown';
+          const last = h.history.events?.[h.history.events.length - 1];
+          const outcome = last?.workflowExecutionCompletedEventAttributes ? 'completed' : last?.workflowExecutionFailedEventAttributes ? 'failed' : last?.workflowExecutionCanceledEventAttributes ? 'cancelled' : 'other';
+          const key = `${first}-${outcome}`;
+          if (seen.has(key)) continue;
+          seen.add(key);
+          writeFileSync(join(FIXTURES, `${key}.json`), historyToJSON(h.history));
+        }
+      }
+      for (const f of readdirSync(FIXTURES).filter((x) => x.endsWith('.json'))) {
+        histories.push({ workflowId: `fixture-${f}`, history: historyFromJSON(JSON.parse(readFileSync(join(FIXTURES, f), 'utf8'))), label: `fixture ${f}` });
+      }
+      const failures: string[] = [];
+      let replayed = 0;
+      for await (const r of Worker.runReplayHistories({ workflowBundle: bundle }, histories.map(({ workflowId, history }) => ({ workflowId, history })))) {
+        replayed++;
+        if (r.error) failures.push(`${r.workflowId}: ${r.error.name}: ${r.error.message}`);
+      }
+      console.log(`replayed ${replayed} histories (${fromThisRun} from this run, ${replayed - fromThisRun} committed fixtures)`);
+      expect(failures).toEqual([]);
+      expect(replayed).toBe(histories.length);
+      expect(fromThisRun).toBeGreaterThan(0);
+    } finally {
+      await client.close();
+    }
+  });
+});
