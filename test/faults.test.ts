@@ -13,7 +13,6 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { BackupResult, RestoreResult } from '../src/api.js';
 import { Snapshots } from '../src/snapshots.js';
-import { MiB } from '../src/size.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { workerProcess, type WorkerProcess } from './helpers/worker-process.js';

@@ -46,7 +46,7 @@ function world() {
 
 /** Runs `fn` twice in one workflow's activity context; returns both results and the world after each. */
 async function twice<R>(workflowId: string, fn: () => Promise<R>) {
-  const mock = new MockActivityEnvironment({ workflowExecution: { workflowId, runId: 'run-1' }, heartbeatTimeoutMs: 0 } as never);
+  const mock = new MockActivityEnvironment({ workflowExecution: { workflowId, runId: 'run-1' }, heartbeatTimeoutMs: 0 });
   const first = await mock.run(fn);
   const afterFirst = world();
   const second = await mock.run(fn);

@@ -2,7 +2,7 @@
  * Partial failures never leak, part 1: crashes and lost nodes. Workers run in their own
  * processes here, so they can be SIGKILLed like a crashed host.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,9 +20,9 @@ import { startDevServer } from '../src/devserver.js';
 import { AttachmentLedger } from '../src/node/ledger.js';
 import { formatBytes, MiB } from '../src/size.js';
 import { startWorkers } from '../src/workers/worker.js';
-import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
+import { makeEnv, volumeWithData } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
-import { workerProcess, type WorkerProcess } from './helpers/worker-process.js';
+import { workerProcess } from './helpers/worker-process.js';
 import { inject } from 'vitest';
 
 const yaml = (extra: string) => (dir: string, taskQueue: string, address: string) => `
