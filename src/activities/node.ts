@@ -86,6 +86,10 @@ export function createNodeActivities(deps: NodeDeps) {
       const started = performance.now();
       const throttle = deps.throttle.forCopy(() => limit);
       if (deps.readLimit) limit = await deps.readLimit(wf).catch(() => undefined);
+      // Heartbeat on a clock too: a throttled copy may wait between dd runs, and silence
+      // would look like a dead node.
+      let details: CopyHeartbeat = { doneOffset: resumedFrom, bytesCopied: 0 };
+      const beat = setInterval(() => c.heartbeat(details), 1000);
       const { bytesCopied } = await copyExtents({
         source: src.device,
         dest: dst.device,
@@ -96,7 +100,8 @@ export function createNodeActivities(deps: NodeDeps) {
         throttle,
         signal: c.cancellationSignal,
         onProgress: (p) => {
-          c.heartbeat({ doneOffset: p.doneOffset, bytesCopied: p.bytesCopied } satisfies CopyHeartbeat);
+          details = { doneOffset: p.doneOffset, bytesCopied: p.bytesCopied };
+          c.heartbeat(details);
           const t = performance.now();
           if (deps.notify && t - lastNotify >= NOTIFY_EVERY_MS) {
             lastNotify = t;
@@ -108,7 +113,7 @@ export function createNodeActivities(deps: NodeDeps) {
             void deps.readLimit(wf).then((l) => (limit = l)).catch(() => undefined);
           }
         },
-      });
+      }).finally(() => clearInterval(beat));
       c.heartbeat({ doneOffset: input.size, bytesCopied } satisfies CopyHeartbeat);
       if (deps.notify) await deps.notify(wf, { bytesDone: storedBytes, bytesTotal: storedBytes, rateBps: bytesCopied / Math.max(0.001, (performance.now() - started) / 1000) }).catch(() => undefined);
       return { storedBytes, bytesCopied, resumedFrom, node };
