@@ -112,4 +112,20 @@ describe('generic backup and restore between backends', () => {
     const p = await h.query<{ phase: string; bytesDone: number; bytesTotal: number; backupId: string }>('progress');
     expect(p).toMatchObject({ phase: 'done', backupId, bytesDone: 16 * MiB, bytesTotal: 16 * MiB });
   });
+
+  it('rebuilds a lost catalog from the records in the target, and the backups restore again', async () => {
+    const src = await volumeWithData(env, 'alpha', 'gold', 8, [0]);
+    const sum = await env.volumes.sha256(src.id);
+    const b = await backup(src.id);
+    const { rebuildCatalog } = await import('../src/rebuild.js');
+    const known = env.rt.catalog.listBackups().length;
+    // Lose the backup's catalog entry, as with a lost catalog.
+    env.rt.catalog.deleteBackupRecord(b.id);
+    const report = await rebuildCatalog(env.rt);
+    expect(report.imported).toEqual([b.id]);
+    expect(report.alreadyKnown.length).toBe(known - 1);
+    expect(env.rt.catalog.backup(b.id)).toMatchObject({ status: 'available', volumeId: src.id, size: 8 * MiB, target: 'vault', storedBytes: 4 * MiB });
+    const back = await restore({ backupId: b.id, backend: 'gamma' });
+    expect(await env.volumes.sha256(back.id)).toBe(sum);
+  });
 });

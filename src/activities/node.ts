@@ -67,7 +67,7 @@ export function createNodeActivities(deps: NodeDeps) {
       return r;
     },
 
-    async copyVolume(input: { source: ConnectionInfo; dest: ConnectionInfo; size: number; sparse: boolean }): Promise<CopyResult> {
+    async copyVolume(input: { source: ConnectionInfo; dest: ConnectionInfo; size: number; sparse: boolean; bpsLimit?: number | null }): Promise<CopyResult> {
       const c = ctx();
       const wf = c.info.workflowExecution?.workflowId ?? 'none';
       const last = c.info.heartbeatDetails as CopyHeartbeat | undefined;
@@ -80,12 +80,13 @@ export function createNodeActivities(deps: NodeDeps) {
       const extents = await dataExtents(input.source.path, input.size);
       const storedBytes = extentBytes(extents);
       const bytesBefore = extentBytes(extents.map((e) => ({ start: e.start, end: Math.min(e.end, Math.max(e.start, resumedFrom)) })));
-      let limit: number | undefined;
+      // The limit in force when the copy was scheduled comes with the input; later
+      // changes (the throttle update) are polled from the workflow while it runs.
+      let limit: number | undefined = input.bpsLimit ?? undefined;
       let lastNotify = 0;
-      let lastLimitRead = 0;
+      let lastLimitRead = performance.now();
       const started = performance.now();
       const throttle = deps.throttle.forCopy(() => limit);
-      if (deps.readLimit) limit = await deps.readLimit(wf).catch(() => undefined);
       // Heartbeat on a clock too: a throttled copy may wait between dd runs, and silence
       // would look like a dead node.
       let details: CopyHeartbeat = { doneOffset: resumedFrom, bytesCopied: 0 };
@@ -108,14 +109,13 @@ export function createNodeActivities(deps: NodeDeps) {
             const rateBps = p.bytesCopied / Math.max(0.001, (t - started) / 1000);
             void deps.notify(wf, { bytesDone: bytesBefore + p.bytesCopied, bytesTotal: storedBytes, rateBps }).catch(() => undefined);
           }
-          if (deps.readLimit && t - lastLimitRead >= NOTIFY_EVERY_MS) {
+          if (deps.readLimit && t - lastLimitRead >= NOTIFY_EVERY_MS && t - started >= NOTIFY_EVERY_MS) {
             lastLimitRead = t;
             void deps.readLimit(wf).then((l) => (limit = l)).catch(() => undefined);
           }
         },
       }).finally(() => clearInterval(beat));
       c.heartbeat({ doneOffset: input.size, bytesCopied } satisfies CopyHeartbeat);
-      if (deps.notify) await deps.notify(wf, { bytesDone: storedBytes, bytesTotal: storedBytes, rateBps: bytesCopied / Math.max(0.001, (performance.now() - started) / 1000) }).catch(() => undefined);
       return { storedBytes, bytesCopied, resumedFrom, node };
     },
   };

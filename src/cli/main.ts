@@ -16,6 +16,7 @@ import { Runtime } from '../runtime.js';
 import { formatBytes, parseSize } from '../size.js';
 import { checkName, checkSize, Volumes } from '../volumes.js';
 import { Snapshots } from '../snapshots.js';
+import { rebuildCatalog } from '../rebuild.js';
 import { makeOut, record, table, UsageError, type Out } from './output.js';
 import { showProgress } from './progress.js';
 import { runDemo, runDev, runWorker } from './serve.js';
@@ -42,6 +43,7 @@ usage: gbackup [--config FILE] [--json] COMMAND ...
   backup restore BACKUP_ID (--backend B [--pool P] [--name N] | --volume VOLUME_ID) [--wait]
 
   backend list | show NAME
+  catalog rebuild            re-import backups from the records stored in every target
   worker [--node NAME]       run this host's worker (control + node roles)
   dev                        Temporal dev server (with UI) + worker, in one terminal
   demo                       dev server, worker, and a backup/restore across three backends
@@ -377,6 +379,13 @@ export async function main(rawArgv: string[]): Promise<number> {
       case 'snapshot':
         await snapshotCommand(sub, rest, out);
         break;
+      case 'catalog': {
+        if (sub !== 'rebuild') throw new UsageError(`unknown catalog command '${sub ?? ''}' (rebuild)`);
+        const { values } = parse(rest, {}, { min: 0, max: 0, names: '' });
+        const r = await withRuntime(loadConfig(str(values.config)), (rt) => rebuildCatalog(rt));
+        out.result(r, () => `imported ${r.imported.length} backup(s), ${r.alreadyKnown.length} already known${r.skipped.length ? `, skipped: ${r.skipped.map((x) => `${x.record} (${x.reason})`).join('; ')}` : ''}`);
+        break;
+      }
       case 'worker': {
         const { values } = parse([sub, ...rest].filter((x): x is string => x !== undefined), { node: { type: 'string' } }, { min: 0, max: 0, names: '' });
         await runWorker(loadConfig(str(values.config)), str(values.node));

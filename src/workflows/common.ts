@@ -81,8 +81,9 @@ export class Tracker {
     );
   }
 
-  initialLimit(bps: number | null): void {
-    this.limit = bps;
+  /** The per-backup copy limit set through the throttle update (null: none). */
+  currentLimit(): number | null {
+    return this.limit;
   }
 
   phase(phase: string): void {

@@ -46,7 +46,7 @@ export async function runDataPath(req: DataPathRequest): Promise<CopyResult> {
       await acts.steps.attachVolume({ connection: dst, role: 'destination' });
       req.tracker.phase('copying');
       req.onCopyStart?.();
-      const result = await acts.copy.copyVolume({ source: src, dest: dst, size: req.size, sparse: req.sparse });
+      const result = await acts.copy.copyVolume({ source: src, dest: dst, size: req.size, sparse: req.sparse, bpsLimit: req.tracker.currentLimit() });
       req.tracker.state.lastCopy = { resumedFrom: result.resumedFrom, bytesCopied: result.bytesCopied, storedBytes: result.storedBytes, node: result.node };
       req.tracker.state.bytesDone = result.storedBytes;
       req.tracker.state.bytesTotal = result.storedBytes;
