@@ -126,7 +126,7 @@ fi
 # --- e. TypeScript build ---------------------------------------------------------------------
 if [[ -d src || -d bin ]]; then
   inputs=()
-  for p in src bin bench tsconfig.json; do
+  for p in src bin bench test/helpers tsconfig.json; do
     [[ -e $p ]] && inputs+=("$p")
   done
   stamp=dist/.buildstamp

@@ -12,11 +12,23 @@ import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { inject } from 'vitest';
 import { Worker } from '@temporalio/worker';
-import { historyFromJSON, historyToJSON } from '@temporalio/common/lib/proto-utils.js';
+type History = Parameters<typeof Worker.runReplayHistory>[1];
+import { execa } from 'execa';
+import { temporalBinary } from '../src/devserver.js';
 import { GbackupClient } from '../src/client/client.js';
 import { quietTemporal } from './helpers/env.js';
 
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'histories');
+
+/** The few fields of a history this file reads. */
+interface HistoryShape {
+  events?: {
+    workflowExecutionStartedEventAttributes?: { workflowType?: { name?: string }; originalExecutionRunId?: string };
+    workflowExecutionCompletedEventAttributes?: unknown;
+    workflowExecutionFailedEventAttributes?: unknown;
+    workflowExecutionCanceledEventAttributes?: unknown;
+  }[];
+}
 
 describe('workflow determinism', () => {
   it('replays every workflow history of this run and every committed history without a determinism error', async () => {
@@ -24,25 +36,29 @@ describe('workflow determinism', () => {
     const client = await GbackupClient.connect({ temporal: { address: inject('temporalAddress'), namespace: 'default', taskQueue: 'unused' } });
     const bundle = { code: inject('workflowCode') };
     try {
-      const histories: { workflowId: string; history: ReturnType<typeof historyFromJSON>; label: string }[] = [];
+      const histories: { workflowId: string; history: History; label: string }[] = [];
       for await (const h of client.client.workflow.list({ query: 'ExecutionStatus != "Running"' }).intoHistories()) {
         histories.push({ ...h, label: h.workflowId });
       }
       const fromThisRun = histories.length;
       if (process.env.GBACKUP_SAVE_HISTORIES) {
         const seen = new Set<string>();
-        for (const h of histories) {
+        for (const h of histories as unknown as { workflowId: string; history: HistoryShape }[]) {
           const first = h.history.events?.[0]?.workflowExecutionStartedEventAttributes?.workflowType?.name ?? 'unknown';
           const last = h.history.events?.[h.history.events.length - 1];
           const outcome = last?.workflowExecutionCompletedEventAttributes ? 'completed' : last?.workflowExecutionFailedEventAttributes ? 'failed' : last?.workflowExecutionCanceledEventAttributes ? 'cancelled' : 'other';
           const key = `${first}-${outcome}`;
           if (seen.has(key)) continue;
           seen.add(key);
-          writeFileSync(join(FIXTURES, `${key}.json`), historyToJSON(h.history));
+          // The CLI's JSON is what the replayer reads (and what the Temporal docs suggest for replay fixtures).
+          const runId = h.history.events?.[0]?.workflowExecutionStartedEventAttributes?.originalExecutionRunId ?? '';
+          const { stdout } = await execa(temporalBinary(), ['workflow', 'show', '--address', inject('temporalAddress'), '-w', h.workflowId, '-r', runId, '--output', 'json']);
+          writeFileSync(join(FIXTURES, `${key}.json`), stdout);
         }
       }
       for (const f of readdirSync(FIXTURES).filter((x) => x.endsWith('.json'))) {
-        histories.push({ workflowId: `fixture-${f}`, history: historyFromJSON(JSON.parse(readFileSync(join(FIXTURES, f), 'utf8'))), label: `fixture ${f}` });
+        // The replayer takes the JSON as it is (it converts it with its own protobuf types).
+        histories.push({ workflowId: `fixture-${f}`, history: JSON.parse(readFileSync(join(FIXTURES, f), 'utf8')) as History, label: `fixture ${f}` });
       }
       const failures: string[] = [];
       let replayed = 0;
