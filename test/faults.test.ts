@@ -22,7 +22,7 @@ import { BACKUP_STEPS, describeOutcome, FAULTS, RESTORE_STEPS, underFault, waitF
 let env: TestEnv;
 let worker: WorkerProcess;
 let failpointsFile: string;
-const matrix: Record<string, Record<string, string>> = { backup: {}, restore: {} };
+const matrix: { backup: Record<string, string>; restore: Record<string, string> } = { backup: {}, restore: {} };
 
 beforeAll(async () => {
   env = await makeEnv({
@@ -73,7 +73,7 @@ describe('fault matrix', () => {
         const backupId = `bak-${randomBytes(4).toString('hex')}`;
         const r = await underFault<BackupResult>(env, worker, failpointsFile, step, fault, () => env.client.startBackup({ volumeId: source.id, backupId, force: true }, { target: 'vault', backend: 'alpha' }));
         const b = env.rt.catalog.backup(backupId);
-        matrix.backup![`${step}/${fault}`] = describeOutcome(r, b.status, fault);
+        matrix.backup[`${step}/${fault}`] = describeOutcome(r, b.status, fault);
         if (fault === 'crash') expect(r.restarted).toBe(true);
         if (fault === 'transient' || fault === 'crash') expect(b.status, JSON.stringify(r)).toBe('available');
         if (fault === 'error' && !['detach', 'cleanup'].includes(step)) expect(b.status).toBe('error');
@@ -101,7 +101,7 @@ describe('fault matrix', () => {
         const newVolumeId = `vol-${randomBytes(4).toString('hex')}`;
         const r = await underFault<RestoreResult>(env, worker, failpointsFile, step, fault, () => env.client.startRestore({ backupId: fixtureBackup, backend: 'gamma', newVolumeId }));
         const v = env.rt.catalog.findVolume(newVolumeId);
-        matrix.restore![`${step}/${fault}`] = describeOutcome(r, v ? v.status : 'no volume', fault);
+        matrix.restore[`${step}/${fault}`] = describeOutcome(r, v ? v.status : 'no volume', fault);
         if (fault === 'crash') expect(r.restarted).toBe(true);
         if (fault === 'transient' || fault === 'crash') expect(v?.status, JSON.stringify(r)).toBe('available');
         if ('ok' in r) {

@@ -47,9 +47,9 @@ function world() {
 /** Runs `fn` twice in one workflow's activity context; returns both results and the world after each. */
 async function twice<R>(workflowId: string, fn: () => Promise<R>) {
   const mock = new MockActivityEnvironment({ workflowExecution: { workflowId, runId: 'run-1' }, heartbeatTimeoutMs: 0 });
-  const first = await mock.run(fn);
+  const first = (await mock.run(fn)) as R;
   const afterFirst = world();
-  const second = await mock.run(fn);
+  const second = (await mock.run(fn)) as R;
   expect(world(), 'second run changed the state').toEqual(afterFirst);
   return { first, second };
 }
