@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, statSync, symlinkSync, mkdirSync } from 'node:fs';
+import { symlinkSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure, ActivityFailure } from '@temporalio/common';
@@ -17,6 +17,7 @@ import { MiB } from '../src/size.js';
 import { startWorkers } from '../src/workers/worker.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
+import { snapshotWorld as snapshotWorldOf } from './helpers/world.js';
 
 let env: TestEnv;
 beforeAll(async () => {
@@ -26,20 +27,7 @@ afterAll(async () => {
   await env?.cleanup();
 });
 
-/** Everything that must not change: catalog rows and the files on every backend. */
-function snapshotWorld() {
-  const files: string[] = [];
-  const walk = (d: string) => {
-    for (const f of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, f.name);
-      if (f.isDirectory()) walk(p);
-      else files.push(`${p}:${statSync(p).size}`);
-    }
-  };
-  for (const b of ['alpha', 'beta', 'gamma']) walk(join(env.dir, b));
-  const c = env.rt.catalog;
-  return { files: files.sort(), volumes: c.listVolumes(), backups: c.listBackups() };
-}
+const snapshotWorld = () => snapshotWorldOf(env);
 
 /** Runs a workflow by type name, as another service would, and returns its failure type and message. */
 async function workflowFailure(type: string, workflowId: string, input: unknown): Promise<{ type: string; message: string }> {

@@ -6,14 +6,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { MiB } from '../src/size.js';
-import { DEFAULT_YAML, makeEnv, makeImage, type TestEnv } from './helpers/env.js';
+import { makeEnv, makeImage, yamlWith, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { sha256File } from '../src/volumes.js';
 
 let env: TestEnv;
 beforeAll(async () => {
   // A node-wide copy limit keeps a backup running long enough to throttle and cancel it.
-  env = await makeEnv({ yaml: (dir, tq, address) => `${DEFAULT_YAML(dir, tq, address)}copyBpsLimit: 16M\n` });
+  env = await makeEnv({ yaml: yamlWith('copyBpsLimit: 16M') });
 });
 afterAll(async () => {
   await env?.cleanup();

@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { BackupResult, RestoreResult } from '../src/api.js';
 import { Snapshots } from '../src/snapshots.js';
-import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
+import { makeEnv, volumeWithData, yamlWith, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { workerProcess, type WorkerProcess } from './helpers/worker-process.js';
 import { BACKUP_STEPS, describeOutcome, FAULTS, RESTORE_STEPS, underFault, waitFor } from './helpers/faults.js';
@@ -27,17 +27,7 @@ const matrix: { backup: Record<string, string>; restore: Record<string, string> 
 beforeAll(async () => {
   env = await makeEnv({
     workers: false,
-    yaml: (dir, taskQueue, address) => `
-temporal: { address: ${address}, namespace: default, taskQueue: ${taskQueue} }
-stateDir: ${dir}/state
-backends:
-  - { name: alpha, driver: file, path: ${dir}/alpha, pools: [gold, silver] }
-  - { name: beta,  driver: file, path: ${dir}/beta }
-  - { name: gamma, driver: file, path: ${dir}/gamma }
-targets:
-  - { name: vault, driver: volume, backend: beta }
-timeouts: { heartbeat: 2, scheduleToStart: 20, reconcileEvery: 1 }
-`,
+    yaml: yamlWith('timeouts: { heartbeat: 2, scheduleToStart: 20, reconcileEvery: 1 }'),
   });
   worker = workerProcess({ dir: env.dir, configFile: env.configFile });
   failpointsFile = join(env.dir, 'failpoints-worker');

@@ -5,7 +5,6 @@
  * catalog (no server needed for this boundary).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createControlActivities } from '../src/activities/control.js';
@@ -17,6 +16,7 @@ import { MiB } from '../src/size.js';
 import { Snapshots } from '../src/snapshots.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
+import { snapshotWorld } from './helpers/world.js';
 
 let env: TestEnv;
 let ledger: AttachmentLedger;
@@ -29,20 +29,7 @@ afterAll(async () => {
   await env?.cleanup();
 });
 
-function world() {
-  const files: string[] = [];
-  const walk = (d: string) => {
-    for (const f of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, f.name);
-      if (f.isDirectory()) walk(p);
-      else files.push(`${p}:${statSync(p).size}`);
-    }
-  };
-  for (const b of ['alpha', 'beta', 'gamma']) walk(join(env.dir, b));
-  const c = env.rt.catalog;
-  const strip = <T extends { updatedAt?: string }>(x: T) => ({ ...x, updatedAt: undefined });
-  return { files: files.sort(), volumes: c.listVolumes().map(strip), backups: c.listBackups().map(strip), snapshots: c.listSnapshots(), ledger: ledger.entries().map((e) => e.path) };
-}
+const world = () => snapshotWorld(env, { ledger: ledger.entries().map((e) => e.path) });
 
 /** Runs `fn` twice in one workflow's activity context; returns both results and the world after each. */
 async function twice<R>(workflowId: string, fn: () => Promise<R>) {

@@ -8,16 +8,20 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { BackupResult, RestoreResult } from '../src/api.js';
 import { Snapshots } from '../src/snapshots.js';
-import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
+import { makeEnv, volumeWithData, yamlWith, type TestEnv } from './helpers/env.js';
 import { BACKUP_STEPS, FAULTS, RESTORE_STEPS, underFault, waitFor, type FaultKind } from './helpers/faults.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { workerProcess, type WorkerProcess } from './helpers/worker-process.js';
 
 const ROUNDS = Number(process.env.GBACKUP_SOAK_ROUNDS ?? 100);
-let seed = Number(process.env.GBACKUP_SOAK_SEED ?? 20261125);
+let seed = Number(process.env.GBACKUP_SOAK_SEED ?? 20261125) >>> 0;
+/** mulberry32: small, seeded, and without the short low-bit cycles of a plain LCG. */
 const rand = (n: number) => {
-  seed = (seed * 1103515245 + 12345) % 2 ** 31;
-  return seed % n;
+  seed = (seed + 0x6d2b79f5) >>> 0;
+  let t = seed;
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
 };
 
 let env: TestEnv;
@@ -25,17 +29,7 @@ let worker: WorkerProcess;
 beforeAll(async () => {
   env = await makeEnv({
     workers: false,
-    yaml: (dir, taskQueue, address) => `
-temporal: { address: ${address}, namespace: default, taskQueue: ${taskQueue} }
-stateDir: ${dir}/state
-backends:
-  - { name: alpha, driver: file, path: ${dir}/alpha, pools: [gold, silver] }
-  - { name: beta,  driver: file, path: ${dir}/beta }
-  - { name: gamma, driver: file, path: ${dir}/gamma }
-targets:
-  - { name: vault, driver: volume, backend: beta }
-timeouts: { heartbeat: 2, scheduleToStart: 20, reconcileEvery: 1 }
-`,
+    yaml: yamlWith('timeouts: { heartbeat: 2, scheduleToStart: 20, reconcileEvery: 1 }'),
   });
   worker = workerProcess({ dir: env.dir, configFile: env.configFile });
   await worker.start();

@@ -20,24 +20,12 @@ import { startDevServer } from '../src/devserver.js';
 import { AttachmentLedger } from '../src/node/ledger.js';
 import { formatBytes, MiB } from '../src/size.js';
 import { startWorkers } from '../src/workers/worker.js';
-import { makeEnv, volumeWithData } from './helpers/env.js';
+import { makeEnv, volumeWithData, yamlWith } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { workerProcess } from './helpers/worker-process.js';
 import { inject } from 'vitest';
 
-const yaml = (extra: string) => (dir: string, taskQueue: string, address: string) => `
-temporal: { address: ${address}, namespace: default, taskQueue: ${taskQueue} }
-stateDir: ${dir}/state
-backends:
-  - { name: alpha, driver: file, path: ${dir}/alpha, pools: [gold, silver] }
-  - { name: beta,  driver: file, path: ${dir}/beta }
-  - { name: gamma, driver: file, path: ${dir}/gamma }
-targets:
-  - { name: vault, driver: volume, backend: beta }
-defaultTarget: vault
-timeouts: { heartbeat: 3, scheduleToStart: 5, reconcileEvery: 2 }
-${extra}
-`;
+const yaml = (extra: string) => yamlWith(`timeouts: { heartbeat: 3, scheduleToStart: 5, reconcileEvery: 2 }\n${extra}`);
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {

@@ -56,6 +56,12 @@ targets:
 defaultTarget: vault
 `;
 
+/** The default test world plus extra top-level config lines (timeouts, nodes, limits). */
+export const yamlWith =
+  (extra: string) =>
+  (dir: string, taskQueue: string, address: string): string =>
+    `${DEFAULT_YAML(dir, taskQueue, address)}${extra}\n`;
+
 export async function makeEnv(opts: { yaml?: (dir: string, taskQueue: string, address: string) => string; workers?: boolean; address?: string } = {}): Promise<TestEnv> {
   quietTemporal();
   const dir = mkdtempSync(join(tmpdir(), 'gbackup-test-'));
