@@ -70,6 +70,20 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
   const clientConnection = await Connection.connect({ address: config.temporal.address });
   const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
   const workers: Worker[] = [];
+  // Progress signals and limit queries are best effort: a short deadline stops gRPC from
+  // retrying them for long (say, while the server restarts), and shutdown waits for the
+  // few in flight, so none is retried on a closed connection.
+  const inFlight = new Set<Promise<unknown>>();
+  const sideCall = <T>(fn: () => Promise<T>): Promise<T> => {
+    const p = client.withDeadline(Date.now() + 3000, fn);
+    const settled = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    inFlight.add(settled);
+    void settled.then(() => inFlight.delete(settled));
+    return p;
+  };
   let ledger: AttachmentLedger | undefined;
   let reconcileTimer: NodeJS.Timeout | undefined;
   let sweepTimer: NodeJS.Timeout | undefined;
@@ -135,8 +149,8 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
             ledger,
             throttle: new Throttle(config.copyBpsLimit),
             blockSize: config.copyBlockSize,
-            notify: async (workflowId, p) => client.workflow.getHandle(workflowId).signal('copyProgress', p),
-            readLimit: async (workflowId) => (await client.workflow.getHandle(workflowId).query<number | null>('copyLimit')) ?? undefined,
+            notify: (workflowId, p) => sideCall(() => client.workflow.getHandle(workflowId).signal('copyProgress', p)),
+            readLimit: async (workflowId) => (await sideCall(() => client.workflow.getHandle(workflowId).query<number | null>('copyLimit'))) ?? undefined,
           }),
         }),
       );
@@ -151,6 +165,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
 
   log(`gbackup worker: node '${node}', task queues: ${workers.map((w) => w.options.taskQueue).join(', ')} on ${config.temporal.address}`);
   const done = Promise.all(workers.map((w) => w.run())).then(async () => {
+    await Promise.all(inFlight);
     clearInterval(reconcileTimer);
     clearInterval(sweepTimer);
     ledger?.close();
