@@ -83,9 +83,11 @@ export function createNodeActivities(deps: NodeDeps) {
       // The limit in force when the copy was scheduled comes with the input; later
       // changes (the throttle update) are polled from the workflow while it runs.
       let limit: number | undefined = input.bpsLimit ?? undefined;
-      let lastNotify = 0;
-      let lastLimitRead = performance.now();
       const started = performance.now();
+      // The first report after one interval: a rate over the first few milliseconds
+      // (one burst of a throttled copy) would be wildly off.
+      let lastNotify = started;
+      let lastLimitRead = started;
       const throttle = deps.throttle.forCopy(() => limit);
       // Heartbeat on a clock too: a throttled copy may wait between dd runs, and silence
       // would look like a dead node.
