@@ -12,6 +12,8 @@ export const WORKFLOWS = {
   backupVolume: 'backupVolume',
   restoreBackup: 'restoreBackup',
   deleteBackup: 'deleteBackup',
+  /** Reads every chunk of an object-target backup back and checks its hash; schedule it for regular checks. */
+  verifyBackup: 'verifyBackup',
 } as const;
 
 export const DEFAULT_TASK_QUEUE = 'gbackup';
@@ -88,6 +90,15 @@ export type RestoreBackupInput = z.infer<typeof RestoreBackupInput>;
 export const DeleteBackupInput = z.strictObject({ backupId: idSchema('backupId') });
 export type DeleteBackupInput = z.infer<typeof DeleteBackupInput>;
 
+export const VerifyBackupInput = z.strictObject({ backupId: idSchema('backupId') });
+export type VerifyBackupInput = z.infer<typeof VerifyBackupInput>;
+export interface VerifyResult {
+  backupId: string;
+  /** Distinct chunk objects read and checked, and the plaintext bytes they hold. */
+  chunks: number;
+  bytes: number;
+}
+
 /**
  * Workflow ids carry the rule "one backup per volume at a time": Temporal refuses a
  * second running workflow with the same id, atomically, before any activity runs.
@@ -96,6 +107,8 @@ export const workflowIds = {
   backup: (volumeId: string) => `backup-volume-${volumeId}`,
   restore: (backupId: string) => `restore-backup-${backupId}`,
   deleteBackup: (backupId: string) => `delete-backup-${backupId}`,
+  /** A scheduled verify gets the schedule's own ids; this one is for runs started by hand. */
+  verify: (backupId: string) => `verify-backup-${backupId}`,
 };
 
 export type VolumeStatus = 'creating' | 'available' | 'in-use' | 'backing-up' | 'restoring-backup' | 'deleting' | 'error';
@@ -124,8 +137,10 @@ export interface BackupView {
   size: number;
   /** Bytes that hold data (what the copy moved); the rest of the volume is zeros. */
   storedBytes: number;
-  /** 'generic' (dd between attached volumes) or 'storage-assisted'. */
+  /** 'generic' (dd between attached volumes), 'storage-assisted', or 'chunked' (object target). */
   method: string | null;
+  /** The backup an incremental builds on (object targets); null for a full backup. */
+  parentId: string | null;
   node: string | null;
   error: string | null;
   createdAt: string;

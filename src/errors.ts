@@ -69,7 +69,28 @@ export const NON_RETRYABLE_ERROR_TYPES = [
   'NoEligibleNode',
   'InjectedFault',
   'ZodError',
+  // The chunked object targets (drivers/backup/errors.ts): a retry cannot repair a wrong
+  // key or a corrupt object. Named here, not imported, to keep this module dependency-free.
+  'MissingCredentials',
+  'InvalidObjectKey',
+  'MissingKey',
+  'InvalidKey',
+  'WrongKey',
+  'UnsupportedFormat',
+  'BackupHasDependents',
+  'NoParentBackup',
+  'ImportConflict',
+  'ChunkCorrupt',
+  'DecryptionFailed',
+  'ChunkMissing',
+  'BackupCorrupt',
+  'BackupChainBroken',
+  'ShortRead',
 ];
 
 /** Errors whose name marks bad input, for the CLI's exit code 2 when they come back from a workflow. */
-export const INPUT_ERROR_TYPES = new Set(NON_RETRYABLE_ERROR_TYPES.filter((n) => !['NoEligibleNode', 'InjectedFault'].includes(n)));
+export const INPUT_ERROR_TYPES = new Set(
+  NON_RETRYABLE_ERROR_TYPES.filter(
+    (n) => !['NoEligibleNode', 'InjectedFault', 'ChunkCorrupt', 'DecryptionFailed', 'ChunkMissing', 'BackupCorrupt', 'BackupChainBroken', 'ShortRead'].includes(n),
+  ),
+);

@@ -5,6 +5,8 @@
  * they are; a record whose data is missing is skipped and reported.
  */
 import type { BackupRecordFile } from './activities/control.js';
+import { listBackupRecords } from './drivers/backup/chunked.js';
+import { catalogFromMetadata } from './records.js';
 import type { Runtime } from './runtime.js';
 
 export interface RebuildReport {
@@ -54,6 +56,24 @@ export async function rebuildCatalog(rt: Runtime): Promise<RebuildReport> {
       });
       c.transitionBackup(b.id, ['available'], 'available', { storedBytes: b.storedBytes, ...(b.method ? { method: b.method } : {}), ...(b.node ? { node: b.node } : {}) });
       report.imported.push(b.id);
+    }
+  }
+  // Object targets: each complete backup's metadata object is its record (oldest first, so parents come before their incrementals).
+  for (const t of rt.config.targets) {
+    if (t.driver === 'volume') continue;
+    const target = await rt.objectTarget(t.name);
+    for (const r of await listBackupRecords(target.store)) {
+      const label = `${t.name}:${r.backupId}`;
+      if (c.findBackup(r.backupId)) {
+        report.alreadyKnown.push(r.backupId);
+        continue;
+      }
+      if (r.status === 'deleting') {
+        report.skipped.push({ record: label, reason: 'a delete of it started and did not finish' });
+        continue;
+      }
+      catalogFromMetadata(c, t.name, r.metadata);
+      report.imported.push(r.backupId);
     }
   }
   return report;

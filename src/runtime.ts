@@ -11,7 +11,8 @@ import { Catalog } from './catalog/catalog.js';
 import type { VolumeDriver } from './drivers/volume/driver.js';
 import { FileVolumeDriver } from './drivers/volume/file.js';
 import { BtrfsVolumeDriver } from './drivers/volume/btrfs.js';
-import { BackendNotFound, BackupOnlyStorage, NodeNotFound, PoolNotFound, TargetNotFound } from './errors.js';
+import { BackendNotFound, BackupOnlyStorage, InvalidInput, NodeNotFound, PoolNotFound, TargetNotFound } from './errors.js';
+import { ChunkedTarget } from './drivers/backup/chunked.js';
 
 export function createDriver(b: BackendConfig): VolumeDriver {
   switch (b.driver) {
@@ -26,6 +27,8 @@ export class Runtime {
   readonly drivers: Map<string, VolumeDriver>;
   readonly targetPlaces: Map<string, Place>;
   private catalogInstance: Catalog | undefined;
+  /** Object targets, opened on first use (an S3 client, its credentials read once). */
+  private readonly objectTargets = new Map<string, Promise<ChunkedTarget>>();
 
   private constructor(
     readonly config: LoadedConfig,
@@ -49,6 +52,27 @@ export class Runtime {
 
   close(): void {
     this.catalogInstance?.close();
+    for (const t of this.objectTargets.values()) void t.then((x) => x.close(), () => undefined);
+    this.objectTargets.clear();
+  }
+
+  /** True for the chunked object targets (posix, s3), false for the spec's volume targets. */
+  isObjectTarget(name: string): boolean {
+    return this.target(name).driver !== 'volume';
+  }
+
+  /** The opened object target; credentials and keys come from files or the environment, never from inputs. */
+  objectTarget(name: string): Promise<ChunkedTarget> {
+    const t = this.target(name);
+    if (t.driver === 'volume') return Promise.reject(new InvalidInput(`target '${name}' is a volume target, not an object store`));
+    let opened = this.objectTargets.get(t.name);
+    if (!opened) {
+      opened = ChunkedTarget.open(t);
+      // A failed open (say, credentials not there yet) is not remembered.
+      void opened.catch(() => this.objectTargets.delete(t.name));
+      this.objectTargets.set(t.name, opened);
+    }
+    return opened;
   }
 
   driver(backend: string): VolumeDriver {

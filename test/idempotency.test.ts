@@ -52,12 +52,14 @@ describe('every activity is idempotent', () => {
 
     const plan = (await twice(wf, () => control.beginBackup({ backupId, volumeId: vol.id, force: true }))).first;
     expect(plan.tempSnapshot?.name).toBe(`backup-snap-${backupId}`);
+    expect(plan.dest).not.toBeNull();
+    const dest = plan.dest!;
     await twice(wf, () => control.createTempSnapshot({ backupId, volumeId: vol.id }));
-    const assisted = await twice(wf, () => control.storageAssistedCopy({ source: plan.source, dest: plan.dest, size: plan.size }));
+    const assisted = await twice(wf, () => control.storageAssistedCopy({ source: plan.source, dest, size: plan.size }));
     expect(assisted.first.assisted).toBe(false);
-    await twice(wf, () => control.createBackendVolume({ loc: plan.dest, size: plan.size }));
+    await twice(wf, () => control.createBackendVolume({ loc: dest, size: plan.size }));
     const src = (await twice(wf, () => control.initializeConnection({ loc: plan.source, readOnly: true }))).first;
-    const dst = (await twice(wf, () => control.initializeConnection({ loc: plan.dest, readOnly: false }))).first;
+    const dst = (await twice(wf, () => control.initializeConnection({ loc: dest, readOnly: false }))).first;
     const a1 = await twice(wf, () => node.attachVolume({ connection: src, role: 'source' }));
     expect(a1.second.device).toBe(a1.first.device);
     await twice(wf, () => node.attachVolume({ connection: dst, role: 'destination' }));
@@ -65,7 +67,7 @@ describe('every activity is idempotent', () => {
     expect(copy.second.storedBytes).toBe(copy.first.storedBytes);
     await twice(wf, () => node.detachVolume({ connection: dst }));
     await twice(wf, () => node.detachVolume({ connection: src }));
-    await twice(wf, () => control.terminateConnection({ loc: plan.dest }));
+    await twice(wf, () => control.terminateConnection({ loc: dest }));
     const fin = await twice(wf, () => control.finalizeBackup({ backupId, storedBytes: copy.first.storedBytes, method: 'generic', node: 'test' }));
     expect(fin.second.status).toBe('available');
     await twice(wf, () => control.deleteSnapshot({ snapshotId: `backup-snap-${backupId}` }));

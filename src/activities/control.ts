@@ -14,6 +14,8 @@ import type { Timeouts } from '../workflows/activities.js';
 import { formatBytes } from '../size.js';
 import { failpoint } from '../failpoints.js';
 import { dataExtents, extentBytes } from '../copy/extents.js';
+import { BackupHasDependents } from '../drivers/backup/errors.js';
+import { checkReadable, createObjectActivities } from './objects.js';
 
 export interface Loc extends VolumeLocator {
   backend: string;
@@ -25,7 +27,12 @@ export interface BackupPlan {
   target: string;
   /** What the copy reads: the volume, a given snapshot, or the temporary snapshot. */
   source: Loc;
-  dest: Loc;
+  /** The backup volume on a volume target; null for an object target. */
+  dest: Loc | null;
+  /** Set for a posix or s3 target: the chunked engine stores the backup there (absent in older histories). */
+  objectTarget?: string | null;
+  /** Object targets: build on the newest backup of the volume there. */
+  incremental?: boolean;
   size: number;
   /** Set when the volume is in use: the snapshot to take first and always remove. */
   tempSnapshot: Loc | null;
@@ -37,7 +44,10 @@ export interface RestorePlan {
   volumeId: string;
   /** The restore made this volume: on failure it is deleted, not put in `error`. */
   createdVolume: boolean;
-  source: Loc;
+  /** The backup volume of a volume target; null when the backup is in an object target. */
+  source: Loc | null;
+  /** Set when the backup is in a posix or s3 target (absent in older histories). */
+  objectTarget?: string | null;
   dest: Loc;
   size: number;
   /** Destination had data before (existing volume): clear it before a sparse copy. */
@@ -84,24 +94,44 @@ export function createControlActivities(rt: Runtime) {
   const cat = () => rt.catalog;
   const timeouts: Timeouts = { scheduleToStartMs: rt.config.timeouts.scheduleToStart * 1000, heartbeatMs: rt.config.timeouts.heartbeat * 1000 };
   /** Refuses, before anything is made, a copy no node can run (a storage-assisted one needs none). */
-  const checkReachable = async (source: Loc, dest: Loc) => {
-    const backends = [...new Set([source.backend, dest.backend])];
+  const checkReachable = async (source: Loc | null, dest: Loc | null) => {
+    const backends = [...new Set([source?.backend, dest?.backend].filter((b): b is string => b !== undefined))];
     if (rt.config.nodes.some((n) => backends.every((b) => n.backends.includes(b)))) return;
+    if (source === null || dest === null) {
+      throw new NoEligibleNode(`no node reaches backend '${backends[0]}' (nodes: ${rt.config.nodes.map((n) => `${n.name} -> ${n.backends.join(',')}`).join('; ')})`);
+    }
     const s = rt.driver(source.backend);
     const d = rt.driver(dest.backend);
     if ((await d.capabilities()).storageAssistedBackup && s.driverName === d.driverName) return;
     throw new NoEligibleNode(`no node reaches both ${backends.map((b) => `'${b}'`).join(' and ')} (nodes: ${rt.config.nodes.map((n) => `${n.name} -> ${n.backends.join(',')}`).join('; ')})`);
   };
 
+  /** A restore from an object target needs the backup's chain there and the right key: checked before any volume changes. */
+  const checkObjectRestore = async (targetName: string, backupId: string) => {
+    const t = await rt.objectTarget(targetName);
+    await checkReadable(t, backupId);
+  };
+
   return {
-    async beginBackup(input: { backupId: string; volumeId: string; target?: string; name?: string; force?: boolean; snapshotId?: string }): Promise<BackupPlan> {
+    async beginBackup(input: {
+      backupId: string;
+      volumeId: string;
+      target?: string;
+      name?: string;
+      force?: boolean;
+      snapshotId?: string;
+      incremental?: boolean;
+    }): Promise<BackupPlan> {
       const wf = workflowId();
       const c = cat();
       const target = rt.target(input.target);
       const existing = c.findBackup(input.backupId);
       const volume = c.volume(input.volumeId);
-      if (target.driver !== 'volume') throw new InvalidInput(`target '${target.name}' is not a volume target`);
-      const dest: Loc = { backend: target.backend, pool: target.pool ?? null, name: backupVolumeName(input.backupId) };
+      const objectTarget = target.driver === 'volume' ? null : target.name;
+      if (input.incremental === true && objectTarget === null) {
+        throw new InvalidInput(`target '${target.name}' is a volume target: it holds whole copies, so --incremental needs a posix or s3 target`);
+      }
+      const dest: Loc | null = target.driver === 'volume' ? { backend: target.backend, pool: target.pool ?? null, name: backupVolumeName(input.backupId) } : null;
       const snapshot = input.snapshotId !== undefined ? c.snapshot(input.snapshotId) : null;
       // An in-use volume is read through a temporary snapshot named after the backup (the spec).
       const inUse = snapshot === null && (existing ? existing.sourcePreviousStatus === 'in-use' : volume.status === 'in-use');
@@ -109,7 +139,17 @@ export function createControlActivities(rt: Runtime) {
       const source: Loc = snapshot
         ? { backend: snapshot.backend, pool: snapshot.pool, name: snapshot.id }
         : (tempSnapshot ?? { backend: volume.backend, pool: volume.pool, name: volume.id });
-      const plan = (size: number): BackupPlan => ({ backupId: input.backupId, volume: c.volume(input.volumeId), target: target.name, source, dest, size, tempSnapshot, timeouts });
+      const plan = (size: number): BackupPlan => ({
+        backupId: input.backupId,
+        volume: c.volume(input.volumeId),
+        target: target.name,
+        source,
+        dest,
+        ...(objectTarget !== null ? { objectTarget, incremental: input.incremental === true } : {}),
+        size,
+        tempSnapshot,
+        timeouts,
+      });
       if (existing) {
         // A retry of this very step after it committed: same plan again.
         if (existing.workflowId === wf && existing.status === 'creating') return plan(existing.size);
@@ -125,10 +165,15 @@ export function createControlActivities(rt: Runtime) {
         if (volume.status !== 'available' && volume.status !== 'in-use') throw new InvalidStatus(`volume '${volume.id}' is '${volume.status}'; a backup needs it 'available' or 'in-use'`);
       }
       await checkReachable(source, dest);
-      const driver = rt.driver(target.backend);
-      const { freeBytes } = await driver.stats(dest.pool);
-      if (volume.size > freeBytes) {
-        throw new InsufficientSpace(`target '${target.name}' has ${formatBytes(freeBytes)} free; volume '${volume.id}' needs ${formatBytes(volume.size)}`);
+      if (dest !== null) {
+        const { freeBytes } = await rt.driver(dest.backend).stats(dest.pool);
+        if (volume.size > freeBytes) {
+          throw new InsufficientSpace(`target '${target.name}' has ${formatBytes(freeBytes)} free; volume '${volume.id}' needs ${formatBytes(volume.size)}`);
+        }
+      } else {
+        // Opens the store now: missing credentials or key are refused before anything changes.
+        const t = await rt.objectTarget(target.name);
+        await t.key();
       }
       c.tx(() => {
         // An available volume is claimed as backing-up; an in-use one stays in-use (its
@@ -224,21 +269,29 @@ export function createControlActivities(rt: Runtime) {
       await rt.driver(input.loc.backend).terminateConnection(input.loc);
     },
 
-    async finalizeBackup(input: { backupId: string; storedBytes: number; method: string; node: string | null }): Promise<ReturnType<typeof backupView>> {
+    async finalizeBackup(input: { backupId: string; storedBytes: number; method: string; node: string | null; parentId?: string | null }): Promise<ReturnType<typeof backupView>> {
       const c = cat();
       const b = c.backup(input.backupId);
       if (b.status === 'available') return backupView(b);
       await failpoint('finalize');
       const volume = c.volume(b.volumeId);
-      const record: BackupRecordFile = {
-        format: 'gbackup-volume-backup',
-        version: 1,
-        backup: { ...backupView({ ...b, status: 'available', storedBytes: input.storedBytes, method: input.method, node: input.node }), location: b.location! },
-        volume: { id: volume.id, name: volume.name, backend: volume.backend, pool: volume.pool, size: volume.size },
-      };
-      await rt.driver(b.location!.backend).writeRecord(b.location!, record);
+      // An object target's metadata object, written by the engine, is its record.
+      if (b.location) {
+        const record: BackupRecordFile = {
+          format: 'gbackup-volume-backup',
+          version: 1,
+          backup: { ...backupView({ ...b, status: 'available', storedBytes: input.storedBytes, method: input.method, node: input.node }), location: b.location },
+          volume: { id: volume.id, name: volume.name, backend: volume.backend, pool: volume.pool, size: volume.size },
+        };
+        await rt.driver(b.location.backend).writeRecord(b.location, record);
+      }
       c.tx(() => {
-        c.transitionBackup(b.id, ['creating'], 'available', { storedBytes: input.storedBytes, method: input.method, node: input.node ?? undefined });
+        c.transitionBackup(b.id, ['creating'], 'available', {
+          storedBytes: input.storedBytes,
+          method: input.method,
+          node: input.node ?? undefined,
+          ...(input.parentId ? { parentId: input.parentId } : {}),
+        });
         const v = c.volume(b.volumeId);
         if (v.status === 'backing-up') c.transitionVolume(v.id, ['backing-up'], b.sourcePreviousStatus ?? 'available');
       });
@@ -263,16 +316,19 @@ export function createControlActivities(rt: Runtime) {
       const wf = workflowId();
       const c = cat();
       const backup = c.backup(input.backupId);
-      if (!backup.location) throw new InvalidInput(`backup '${backup.id}' has no stored location`);
-      const source: Loc = { ...backup.location };
+      const objectTarget = rt.isObjectTarget(backup.target) ? backup.target : null;
+      if (!backup.location && objectTarget === null) throw new InvalidInput(`backup '${backup.id}' has no stored location`);
+      const source: Loc | null = backup.location ? { ...backup.location } : null;
+      const object = objectTarget !== null ? { objectTarget } : {};
       if (input.volumeId !== undefined) {
         const v = c.volume(input.volumeId);
         const dest: Loc = { backend: v.backend, pool: v.pool, name: v.id };
-        const plan: RestorePlan = { backupId: backup.id, volumeId: v.id, createdVolume: false, source, dest, size: backup.size, clearFirst: true, timeouts };
+        const plan: RestorePlan = { backupId: backup.id, volumeId: v.id, createdVolume: false, source, ...object, dest, size: backup.size, clearFirst: true, timeouts };
         if (v.status === 'restoring-backup' && c.volumeOwner(v.id) === wf) return plan;
         if (backup.status !== 'available') throw new InvalidStatus(`backup '${backup.id}' is '${backup.status}'; only an 'available' backup can be restored`);
         if (v.status !== 'available') throw new InvalidStatus(`volume '${v.id}' is '${v.status}'; a restore needs an 'available' volume`);
         await checkReachable(source, dest);
+        if (objectTarget !== null) await checkObjectRestore(objectTarget, backup.id);
         if (v.size < backup.size) throw new VolumeTooSmall(`volume '${v.id}' has ${v.size} bytes (${formatBytes(v.size)}); backup '${backup.id}' needs at least ${backup.size} (${formatBytes(backup.size)})`);
         c.tx(() => {
           c.transitionBackup(backup.id, ['available'], 'restoring');
@@ -284,13 +340,24 @@ export function createControlActivities(rt: Runtime) {
       const existing = c.findVolume(input.newVolumeId);
       if (existing) {
         if (existing.status === 'restoring-backup' && c.volumeOwner(existing.id) === wf) {
-          return { backupId: backup.id, volumeId: existing.id, createdVolume: true, source, dest: { backend: existing.backend, pool: existing.pool, name: existing.id }, size: backup.size, clearFirst: false, timeouts };
+          return {
+            backupId: backup.id,
+            volumeId: existing.id,
+            createdVolume: true,
+            source,
+            ...object,
+            dest: { backend: existing.backend, pool: existing.pool, name: existing.id },
+            size: backup.size,
+            clearFirst: false,
+            timeouts,
+          };
         }
         throw new InvalidInput(`volume id '${input.newVolumeId}' is already used`);
       }
       if (backup.status !== 'available') throw new InvalidStatus(`backup '${backup.id}' is '${backup.status}'; only an 'available' backup can be restored`);
       const pool = rt.volumePlace(backend, input.pool);
       await checkReachable(source, { backend, pool, name: input.newVolumeId });
+      if (objectTarget !== null) await checkObjectRestore(objectTarget, backup.id);
       const driver = rt.driver(backend);
       const { freeBytes } = await driver.stats(pool);
       if (backup.size > freeBytes) throw new InsufficientSpace(`backend '${backend}'${pool ? ` pool '${pool}'` : ''} has ${formatBytes(freeBytes)} free; backup '${backup.id}' needs ${formatBytes(backup.size)}`);
@@ -298,7 +365,7 @@ export function createControlActivities(rt: Runtime) {
         c.transitionBackup(backup.id, ['available'], 'restoring');
         c.insertVolume({ id: input.newVolumeId, name: input.name ?? input.newVolumeId, backend, pool, size: backup.size, status: 'restoring-backup', owner: wf });
       });
-      return { backupId: backup.id, volumeId: input.newVolumeId, createdVolume: true, source, dest: { backend, pool, name: input.newVolumeId }, size: backup.size, clearFirst: false, timeouts };
+      return { backupId: backup.id, volumeId: input.newVolumeId, createdVolume: true, source, ...object, dest: { backend, pool, name: input.newVolumeId }, size: backup.size, clearFirst: false, timeouts };
     },
 
     async finalizeRestore(input: { backupId: string; volumeId: string }): Promise<VolumeView> {
@@ -319,7 +386,7 @@ export function createControlActivities(rt: Runtime) {
      * existing volume goes back to its status, or to `error` once the copy wrote to it,
      * because its old contents are then partly overwritten.
      */
-    async failRestore(input: { backupId: string; volumeId: string; createdVolume: boolean; dataTouched: boolean; reason: string }): Promise<void> {
+    async failRestore(input: { backupId: string; volumeId: string; createdVolume: boolean; dataTouched: boolean; reason: string; keepVolume?: boolean }): Promise<void> {
       const wf = workflowId();
       const c = cat();
       c.tx(() => {
@@ -327,31 +394,46 @@ export function createControlActivities(rt: Runtime) {
         if (b && b.status === 'restoring') c.transitionBackup(b.id, ['restoring'], 'available');
         const v = c.findVolume(input.volumeId);
         if (!v || v.status !== 'restoring-backup' || c.volumeOwner(v.id) !== wf) return;
-        if (input.createdVolume) c.deleteVolumeRecord(v.id);
-        else if (input.dataTouched) c.transitionVolume(v.id, ['restoring-backup'], 'error', { error: `restore from backup '${input.backupId}' failed: ${input.reason}` });
+        // keepVolume: the backup itself is damaged; the volume stays, in error, for the operator to see (Cinder's error_restoring).
+        if (input.createdVolume && input.keepVolume !== true) c.deleteVolumeRecord(v.id);
+        else if (input.dataTouched || input.keepVolume === true) c.transitionVolume(v.id, ['restoring-backup'], 'error', { error: `restore from backup '${input.backupId}' failed: ${input.reason}` });
         else c.transitionVolume(v.id, ['restoring-backup'], c.volumePreviousStatus(v.id) ?? 'available');
       });
     },
 
-    async beginDeleteBackup(input: { backupId: string }): Promise<{ location: Loc | null }> {
+    async beginDeleteBackup(input: { backupId: string }): Promise<{ location: Loc | null; objectTarget?: string }> {
       const c = cat();
       const b = c.backup(input.backupId);
-      if (b.status === 'deleting') return { location: b.location };
+      if (b.status === 'deleting') return { location: b.location, ...(b.location === null && rt.isObjectTarget(b.target) ? { objectTarget: b.target } : {}) };
       if (b.status === 'restoring') throw new InvalidStatus(`backup '${b.id}' is being restored; it can be deleted when the restore ends`);
       if (b.status === 'creating') throw new InvalidStatus(`backup '${b.id}' is still being created; cancel it with 'gbackup backup cancel ${b.id}'`);
+      // As in Cinder: a backup that incrementals build on goes last.
+      const dependents = c.dependentsOf(b.id).map((d) => `'${d.id}'`);
+      if (dependents.length > 0) {
+        throw new BackupHasDependents(`backup '${b.id}' cannot be deleted: backup${dependents.length > 1 ? 's' : ''} ${dependents.join(', ')} ${dependents.length > 1 ? 'are incrementals' : 'is an incremental'} on top of it; delete ${dependents.length > 1 ? 'them' : 'it'} first`);
+      }
+      // A backup being made of the same volume may choose this one as its parent.
+      const running = c.listBackups(b.volumeId).filter((x) => x.id !== b.id && x.target === b.target && x.status === 'creating' && b.location === null);
+      if (running.length > 0) throw new InvalidStatus(`backup '${b.id}' cannot be deleted while backup '${running[0]!.id}' of the same volume is being made on target '${b.target}' (it may build on it)`);
       c.transitionBackup(b.id, ['available', 'error'], 'deleting');
-      return { location: b.location };
+      return { location: b.location, ...(b.location === null && rt.isObjectTarget(b.target) ? { objectTarget: b.target } : {}) };
     },
 
     async finishDeleteBackup(input: { backupId: string }): Promise<void> {
       cat().deleteBackupRecord(input.backupId);
     },
 
-    async failDeleteBackup(input: { backupId: string; reason: string }): Promise<void> {
+    /** `refused`: the store turned the delete down before removing anything (dependents): the backup stays as it was. */
+    async failDeleteBackup(input: { backupId: string; reason: string; refused?: boolean }): Promise<void> {
       const c = cat();
       const b = c.findBackup(input.backupId);
-      if (b && b.status === 'deleting') c.transitionBackup(b.id, ['deleting'], 'error', { error: `delete failed: ${input.reason}` });
+      if (b && b.status === 'deleting') {
+        if (input.refused === true) c.transitionBackup(b.id, ['deleting'], 'available');
+        else c.transitionBackup(b.id, ['deleting'], 'error', { error: `delete failed: ${input.reason}` });
+      }
     },
+
+    ...createObjectActivities(rt),
   };
 }
 

@@ -11,6 +11,7 @@ import { dataExtents, extentBytes } from '../copy/extents.js';
 import type { Throttle } from '../copy/throttle.js';
 import type { AttachmentLedger } from '../node/ledger.js';
 import { failpoint } from '../failpoints.js';
+import { backupToStore, restoreFromStore, type ChunkedTarget } from '../drivers/backup/chunked.js';
 
 export interface CopyHeartbeat {
   doneOffset: number;
@@ -43,6 +44,35 @@ export interface NodeDeps {
   notify?: (workflowId: string, p: CopyProgressSignal) => Promise<void>;
   /** Reads a per-backup limit set through the workflow's throttle update. */
   readLimit?: (workflowId: string) => Promise<number | undefined>;
+  /** The object targets (posix, s3) this node stores chunked backups in. */
+  objectTarget?: (name: string) => Promise<ChunkedTarget>;
+}
+
+/** What the chunked backup's heartbeat carries: a retry resumes from doneOffset. */
+export interface ObjectHeartbeat {
+  doneOffset: number;
+  bytesRead: number;
+}
+
+export interface ObjectBackupResult {
+  /** Encoded bytes this backup put into the store over all attempts (after dedupe, compression, encryption). */
+  storedBytes: number;
+  /** Bytes of the volume holding data as of this backup. */
+  dataBytes: number;
+  /** Bytes in chunks that changed since the parent (all data for a full backup). */
+  changedBytes: number;
+  parentId: string | null;
+  /** Where this attempt started (0 unless a crash interrupted an earlier one), and what it read. */
+  resumedFrom: number;
+  bytesRead: number;
+  node: string;
+}
+
+export interface ObjectRestoreResult {
+  resumedFrom: number;
+  bytesWritten: number;
+  bytesFetched: number;
+  node: string;
 }
 
 /** How often progress reaches the workflow: each signal is a history event. */
@@ -51,6 +81,42 @@ const NOTIFY_EVERY_MS = 2000;
 export function createNodeActivities(deps: NodeDeps) {
   const { connector, ledger, node } = deps;
   const ctx = () => Context.current();
+  const objectTarget = (name: string): Promise<ChunkedTarget> => {
+    if (!deps.objectTarget) throw new Error(`node '${node}' has no object targets configured`);
+    return deps.objectTarget(name);
+  };
+
+  /**
+   * Progress of an object copy for the workflow's query (a signal every few seconds) and
+   * the per-backup limit set through the throttle update (polled), as the dd copy does.
+   */
+  const reporter = (c: Context, total: number) => {
+    const wf = c.info.workflowExecution?.workflowId ?? 'none';
+    const started = performance.now();
+    let first: number | null = null;
+    let lastNotify = started;
+    let lastLimitRead = started;
+    let limit: number | undefined;
+    return {
+      throttle(bpsLimit: number | null | undefined): Throttle {
+        limit = bpsLimit ?? undefined;
+        return deps.throttle.forCopy(() => limit);
+      },
+      report(doneOffset: number): void {
+        first ??= doneOffset;
+        const t = performance.now();
+        if (deps.notify && t - lastNotify >= NOTIFY_EVERY_MS) {
+          lastNotify = t;
+          const rateBps = (doneOffset - first) / Math.max(0.001, (t - started) / 1000);
+          void deps.notify(wf, { bytesDone: doneOffset, bytesTotal: total, rateBps }).catch(() => undefined);
+        }
+        if (deps.readLimit && t - lastLimitRead >= NOTIFY_EVERY_MS) {
+          lastLimitRead = t;
+          void deps.readLimit(wf).then((l) => (limit = l)).catch(() => undefined);
+        }
+      },
+    };
+  };
 
   return {
     async attachVolume(input: { connection: ConnectionInfo; role: 'source' | 'destination' }): Promise<{ device: string; node: string }> {
@@ -119,6 +185,99 @@ export function createNodeActivities(deps: NodeDeps) {
       }).finally(() => clearInterval(beat));
       c.heartbeat({ doneOffset: input.size, bytesCopied } satisfies CopyHeartbeat);
       return { storedBytes, bytesCopied, resumedFrom, node };
+    },
+
+    /**
+     * Chunked backup of an attached volume into an object target. A retry resumes: the
+     * heartbeat's offset and the backup's journal in the store say which chunks are done,
+     * and the store is asked before anything else is uploaded again.
+     */
+    async backupToObjects(input: {
+      source: ConnectionInfo;
+      target: string;
+      backupId: string;
+      volumeId: string;
+      size: number;
+      incremental: boolean;
+      name?: string;
+      labels?: Record<string, string>;
+      bpsLimit?: number | null;
+    }): Promise<ObjectBackupResult> {
+      const c = ctx();
+      const last = c.info.heartbeatDetails as ObjectHeartbeat | undefined;
+      const target = await objectTarget(input.target);
+      const src = await connector.connectVolume(input.source);
+      await failpoint('copy');
+      const progress = reporter(c, input.size);
+      let details: ObjectHeartbeat = { doneOffset: last?.doneOffset ?? 0, bytesRead: 0 };
+      const beat = setInterval(() => c.heartbeat(details), 1000);
+      try {
+        const r = await backupToStore({
+          target,
+          backupId: input.backupId,
+          volumeId: input.volumeId,
+          source: src.device,
+          // Holes of the image behind the loop device are zeros: they are not even read.
+          extentsFrom: input.source.path,
+          size: input.size,
+          incremental: input.incremental,
+          ...(last ? { startOffset: last.doneOffset } : {}),
+          throttle: progress.throttle(input.bpsLimit),
+          signal: c.cancellationSignal,
+          ...(input.name !== undefined ? { name: input.name } : {}),
+          ...(input.labels !== undefined ? { labels: input.labels } : {}),
+          onProgress: (p) => {
+            details = { doneOffset: p.doneOffset, bytesRead: p.bytesRead };
+            c.heartbeat(details);
+            progress.report(p.doneOffset);
+          },
+        });
+        const m = r.metadata;
+        return {
+          storedBytes: m.stats.storedBytes,
+          dataBytes: m.stats.dataBytes,
+          changedBytes: m.stats.changedBytes,
+          parentId: m.parent,
+          resumedFrom: r.resumedFrom,
+          bytesRead: r.bytesRead,
+          node,
+        };
+      } finally {
+        clearInterval(beat);
+      }
+    },
+
+    /** Writes a backup's chain from an object target onto an attached volume; a retry skips what is written and synced. */
+    async restoreFromObjects(input: { dest: ConnectionInfo; target: string; backupId: string; size: number; destIsZero: boolean; bpsLimit?: number | null }): Promise<ObjectRestoreResult> {
+      const c = ctx();
+      const last = c.info.heartbeatDetails as ObjectHeartbeat | undefined;
+      const target = await objectTarget(input.target);
+      const dst = await connector.connectVolume(input.dest);
+      await failpoint('copy');
+      const progress = reporter(c, input.size);
+      let details: ObjectHeartbeat = { doneOffset: last?.doneOffset ?? 0, bytesRead: 0 };
+      const beat = setInterval(() => c.heartbeat(details), 1000);
+      try {
+        const r = await restoreFromStore({
+          target,
+          backupId: input.backupId,
+          dest: dst.device,
+          // Every attempt writes the same bytes at the data chunks and never touches the zero
+          // ones, so a destination that read zeros still does where the backup is zeros.
+          destIsZero: input.destIsZero,
+          ...(last ? { startOffset: last.doneOffset } : {}),
+          throttle: progress.throttle(input.bpsLimit),
+          signal: c.cancellationSignal,
+          onProgress: (p) => {
+            details = { doneOffset: p.doneOffset, bytesRead: p.bytesWritten };
+            c.heartbeat(details);
+            progress.report(p.doneOffset);
+          },
+        });
+        return { resumedFrom: r.resumedFrom, bytesWritten: r.bytesWritten, bytesFetched: r.bytesFetched, node };
+      } finally {
+        clearInterval(beat);
+      }
     },
   };
 }

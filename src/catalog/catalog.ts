@@ -31,10 +31,10 @@ export interface BackupLocation {
 }
 
 export interface BackupRecord extends BackupView {
+  /** The backup volume of a volume target; null for an object target (its metadata object says where). */
   location: BackupLocation | null;
   /** Source volume status before the backup claimed it, restored when the backup ends. */
   sourcePreviousStatus: VolumeStatus | null;
-  parentId: string | null;
 }
 
 const SCHEMA = `
@@ -113,7 +113,7 @@ function toSnapshot(r: Row): SnapshotView {
 
 /** The public view of a backup record (what `--json` prints). */
 export function backupView(b: BackupRecord): BackupView {
-  const { location: _l, sourcePreviousStatus: _s, parentId: _p, ...view } = b;
+  const { location: _l, sourcePreviousStatus: _s, ...view } = b;
   return view;
 }
 
@@ -267,6 +267,11 @@ export class Catalog {
     return b;
   }
 
+  /** Backups built on top of this one (incrementals), which keep it from being deleted. */
+  dependentsOf(id: string): BackupRecord[] {
+    return (this.db.prepare('SELECT * FROM backups WHERE parent_id = ? ORDER BY created_at, id').all(id) as Row[]).map(toBackup);
+  }
+
   listBackups(volumeId?: string): BackupRecord[] {
     const rows = volumeId
       ? this.db.prepare('SELECT * FROM backups WHERE volume_id = ? ORDER BY created_at, id').all(volumeId)
@@ -274,15 +279,22 @@ export class Catalog {
     return (rows as Row[]).map(toBackup);
   }
 
-  transitionBackup(id: string, from: readonly BackupStatus[], to: BackupStatus, fields: { error?: string | null; storedBytes?: number; method?: string; node?: string } = {}): BackupRecord {
+  transitionBackup(
+    id: string,
+    from: readonly BackupStatus[],
+    to: BackupStatus,
+    fields: { error?: string | null; storedBytes?: number; method?: string; node?: string; parentId?: string } = {},
+  ): BackupRecord {
     return this.tx(() => {
       const b = this.backup(id);
       if (!from.includes(b.status)) {
         throw new InvalidStatus(`backup '${id}' is '${b.status}'${b.error ? ` (${b.error})` : ''}; this needs it to be ${from.map((s) => `'${s}'`).join(' or ')}`);
       }
       this.db
-        .prepare('UPDATE backups SET status = ?, error = ?, stored_bytes = COALESCE(?, stored_bytes), method = COALESCE(?, method), node = COALESCE(?, node), updated_at = ? WHERE id = ?')
-        .run(to, fields.error ?? null, fields.storedBytes ?? null, fields.method ?? null, fields.node ?? null, now(), id);
+        .prepare(
+          'UPDATE backups SET status = ?, error = ?, stored_bytes = COALESCE(?, stored_bytes), method = COALESCE(?, method), node = COALESCE(?, node), parent_id = COALESCE(?, parent_id), updated_at = ? WHERE id = ?',
+        )
+        .run(to, fields.error ?? null, fields.storedBytes ?? null, fields.method ?? null, fields.node ?? null, fields.parentId ?? null, now(), id);
       return this.backup(id);
     });
   }

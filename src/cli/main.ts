@@ -7,7 +7,10 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { randomBytes } from 'node:crypto';
-import type { BackupResult, RestoreResult } from '../api.js';
+import { readFile } from 'node:fs/promises';
+import type { BackupResult, RestoreResult, VerifyResult } from '../api.js';
+import { BackupHasDependents } from '../drivers/backup/errors.js';
+import { exportBackup, importBackup } from '../records.js';
 import { backupView } from '../catalog/catalog.js';
 import { GbackupClient } from '../client/client.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
@@ -35,9 +38,12 @@ usage: gbackup [--config FILE] [--json] COMMAND ...
   snapshot create VOLUME_ID [--name N]
   snapshot list [--volume ID] | show ID | delete ID
 
-  backup create VOLUME_ID [--target T] [--name N] [--force] [--snapshot SNAP_ID] [--wait]
+  backup create VOLUME_ID [--target T] [--name N] [--force] [--snapshot SNAP_ID] [--incremental] [--wait]
   backup list [--volume ID] | show ID
-  backup delete ID [--wait]
+  backup delete ID [--wait]             refused while incrementals build on it
+  backup verify ID                      read every chunk back (posix/s3 targets), check hashes
+  backup export ID                      print the backup's record (posix/s3 targets)
+  backup import --target T (RECORD | --file F)   make an exported backup known here
   backup cancel ID
   backup throttle ID --bps 50M|none
   backup restore BACKUP_ID (--backend B [--pool P] [--name N] | --volume VOLUME_ID) [--wait]
@@ -152,7 +158,12 @@ async function volumeCommand(sub: string | undefined, argv: string[], out: Out):
 async function backupCommand(sub: string | undefined, argv: string[], out: Out): Promise<void> {
   switch (sub) {
     case 'create': {
-      const { values, pos } = parse(argv, { target: { type: 'string' }, name: { type: 'string' }, wait: { type: 'boolean' }, force: { type: 'boolean' }, snapshot: { type: 'string' } }, { min: 1, max: 1, names: 'VOLUME_ID' });
+      const { values, pos } = parse(
+        argv,
+        { target: { type: 'string' }, name: { type: 'string' }, wait: { type: 'boolean' }, force: { type: 'boolean' }, snapshot: { type: 'string' }, incremental: { type: 'boolean' } },
+        { min: 1, max: 1, names: 'VOLUME_ID' },
+      );
+      const incremental = values.incremental === true;
       const config = loadConfig(str(values.config));
       const volumeId = checkName(pos[0]!, 'volume id', 'id');
       const snapshotId = str(values.snapshot) !== undefined ? checkName(str(values.snapshot)!, 'snapshot id', 'id') : undefined;
@@ -161,6 +172,9 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
       // Checked here for a clear answer at once; the workflow checks again, atomically.
       const { target, volume } = await withRuntime(config, async (rt) => {
         const t = rt.target(str(values.target));
+        if (incremental && t.driver === 'volume') {
+          throw new InvalidInput(`target '${t.name}' is a volume target: it holds whole copies, so --incremental needs a posix or s3 target`);
+        }
         const v = rt.catalog.volume(volumeId);
         if (snapshotId !== undefined) {
           const snap = rt.catalog.snapshot(snapshotId);
@@ -176,7 +190,7 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
       const backupId = `bak-${randomBytes(6).toString('hex')}`;
       return withClient(config, async (c) => {
         const handle = await c.startBackup(
-          { volumeId, backupId, target: target.name, ...(name ? { name } : {}), ...(force ? { force } : {}), ...(snapshotId ? { snapshotId } : {}) },
+          { volumeId, backupId, target: target.name, ...(name ? { name } : {}), ...(force ? { force } : {}), ...(snapshotId ? { snapshotId } : {}), ...(incremental ? { incremental } : {}) },
           { target: target.name, backend: volume.backend },
         );
         out.info(`backup ${backupId} of volume ${volumeId} started (workflow ${handle.workflowId})`);
@@ -203,6 +217,8 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
         const b = rt.catalog.backup(id);
         if (b.status === 'restoring') throw new InvalidStatus(`backup '${id}' is being restored; it can be deleted when the restore ends`);
         if (b.status === 'creating') throw new InvalidStatus(`backup '${id}' is still being created; cancel it with 'gbackup backup cancel ${id}'`);
+        const dependents = rt.catalog.dependentsOf(id).map((d) => `'${d.id}'`);
+        if (dependents.length > 0) throw new BackupHasDependents(`backup '${id}' cannot be deleted: ${dependents.join(', ')} ${dependents.length > 1 ? 'are incrementals' : 'is an incremental'} on top of it; delete ${dependents.length > 1 ? 'them' : 'it'} first`);
       });
       return withClient(config, async (c) => {
         const handle = await c.startDelete({ backupId: id });
@@ -271,8 +287,59 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
         return out.result(r.volume, () => record({ ...(r.volume) }));
       });
     }
+    case 'verify': {
+      const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'backup ID' });
+      const config = loadConfig(str(values.config));
+      const id = checkName(pos[0]!, 'backup id', 'id');
+      await withRuntime(config, async (rt) => {
+        const b = rt.catalog.backup(id);
+        if (!rt.isObjectTarget(b.target)) throw new InvalidInput(`backup '${id}' is on volume target '${b.target}'; verify reads the chunk hashes of posix and s3 targets`);
+      });
+      return withClient(config, async (c) => {
+        const handle = await c.startVerify({ backupId: id });
+        out.info(`verifying backup ${id} (workflow ${handle.workflowId})`);
+        const r = await showProgress(c.result<VerifyResult>(handle), () => c.progress(handle));
+        return out.result({ ...r, verified: true }, () => `backup ${id} verified: ${r.chunks} chunk(s), ${formatBytes(r.bytes)}, every hash matches`);
+      });
+    }
+    case 'export': {
+      const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'backup ID' });
+      const id = checkName(pos[0]!, 'backup id', 'id');
+      const r = await withRuntime(loadConfig(str(values.config)), (rt) => exportBackup(rt, id));
+      return out.result(r, () => r.record);
+    }
+    case 'import': {
+      const { values, pos } = parse(argv, { target: { type: 'string' }, file: { type: 'string' } }, { min: 0, max: 1, names: 'RECORD' });
+      const target = checkName(need(values, 'target'), 'target');
+      const file = str(values.file);
+      if ((file === undefined) === (pos[0] === undefined)) throw new UsageError('give the exported record as an argument or with --file F');
+      let text: string;
+      if (file !== undefined) {
+        try {
+          text = await readFile(file, 'utf8');
+        } catch (e) {
+          throw new InvalidInput(`cannot read record file '${file}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        }
+      } else {
+        text = pos[0]!;
+      }
+      // `backup export --json` output is accepted as it is.
+      const trimmed = text.trim();
+      if (trimmed.startsWith('{')) {
+        let rec: unknown;
+        try {
+          rec = (JSON.parse(trimmed) as { record?: unknown }).record;
+        } catch {
+          rec = undefined;
+        }
+        if (typeof rec !== 'string') throw new InvalidInput('the record is neither an exported record nor the JSON of `gbackup backup export --json`');
+        text = rec;
+      }
+      const b = await withRuntime(loadConfig(str(values.config)), (rt) => importBackup(rt, target, text));
+      return out.result(b, () => record({ ...b }));
+    }
     default:
-      throw new UsageError(`unknown backup command '${sub ?? ''}' (create, list, show, delete, cancel, throttle, restore)`);
+      throw new UsageError(`unknown backup command '${sub ?? ''}' (create, list, show, delete, cancel, throttle, restore, verify, export, import)`);
   }
 }
 

@@ -15,6 +15,7 @@ import {
   type Progress,
   type RestoreBackupInput,
   type RestoreResult,
+  type VerifyBackupInput,
 } from '../api.js';
 import type { LoadedConfig } from '../config/load.js';
 import { BackupInProgress, GbackupError, INPUT_ERROR_TYPES, InvalidInput, InvalidStatus } from '../errors.js';
@@ -122,6 +123,25 @@ export class GbackupClient {
       });
     } catch (e) {
       if (e instanceof WorkflowExecutionAlreadyStartedError) throw new InvalidStatus(`backup '${input.backupId}' is already being deleted`);
+      throw e;
+    }
+  }
+
+  async startVerify(input: VerifyBackupInput): Promise<WorkflowHandle> {
+    const workflowId = workflowIds.verify(input.backupId);
+    try {
+      return await this.client.workflow.start(WORKFLOWS.verifyBackup, {
+        taskQueue: this.taskQueue,
+        workflowId,
+        args: [input],
+        staticSummary: `Verify backup ${input.backupId}: read every chunk back and check its hash`,
+        typedSearchAttributes: [
+          { key: SEARCH_ATTRIBUTES.backupId, value: input.backupId },
+          { key: SEARCH_ATTRIBUTES.status, value: 'verifying' },
+        ],
+      });
+    } catch (e) {
+      if (e instanceof WorkflowExecutionAlreadyStartedError) throw new InvalidStatus(`backup '${input.backupId}' is already being verified (workflow ${workflowId})`);
       throw e;
     }
   }

@@ -4,6 +4,7 @@ import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import type { ZodError } from 'zod';
 import { Config, type NodeConfig } from './schema.js';
+import { resolveTargetPaths } from '../drivers/backup/config.js';
 import { InvalidConfig } from '../errors.js';
 
 /** Used when neither --config nor GBACKUP_CONFIG names a file: everything under ./var. */
@@ -55,6 +56,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Load
     source,
     stateDir: abs(c.stateDir),
     backends: c.backends.map((b) => ({ ...b, path: abs(b.path) })),
+    targets: c.targets.map((t) => (t.driver === 'volume' ? t : resolveTargetPaths(t, baseDir))),
     nodes: c.nodes ?? [{ name: defaultNodeName(), backends: c.backends.map((b) => b.name) }],
   };
 }

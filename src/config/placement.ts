@@ -71,6 +71,21 @@ export function checkPlacement(drivers: readonly PlacementDriver[], targets: rea
       volumePlaces.push({ backend: d.backend, pool, location: resolveDir(d.placeLocation(pool)) });
     }
   }
+  // A posix object target is a directory: inside a backend (or holding one) it is that
+  // backend's storage, whatever its pools.
+  for (const t of targets) {
+    if (t.driver !== 'posix') continue;
+    const location = resolveDir(t.path);
+    for (const d of drivers) {
+      const root = resolveDir(d.placeLocation(null));
+      if (overlaps(location, root)) {
+        throw new SameStorageTarget(
+          `target '${t.name}' (posix ${location}) is the same storage as backend '${d.backend}' (${root}), which holds volumes; ` +
+            `an object target needs a directory outside every backend (spec: generic backup implementation)`,
+        );
+      }
+    }
+  }
   for (const [name, tp] of targetPlaces) {
     for (const vp of volumePlaces) {
       if (overlaps(tp.location, vp.location)) {

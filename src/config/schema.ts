@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { DEFAULT_TASK_QUEUE, nameSchema } from '../api.js';
 import { parseSize } from '../size.js';
+import { PosixTarget, S3Target } from '../drivers/backup/config.js';
 
 const size = (what: string) =>
   z.union([z.string(), z.number()]).transform((v, ctx) => {
@@ -51,8 +52,13 @@ export const VolumeTarget = z.strictObject({
   pool: nameSchema('pool').optional(),
 });
 
-export const Target = z.discriminatedUnion('driver', [VolumeTarget]);
+/**
+ * `volume`: the spec's generic path (a backend as backup storage); `posix` and `s3`: the
+ * chunked object targets (drivers/backup), which hold backups only.
+ */
+export const Target = z.discriminatedUnion('driver', [VolumeTarget, PosixTarget, S3Target]);
 export type TargetConfig = z.infer<typeof Target>;
+export type VolumeTargetConfig = z.infer<typeof VolumeTarget>;
 
 export const NodeConfig = z.strictObject({
   name: nameSchema('node name'),
@@ -107,6 +113,7 @@ export const Config = z
     if (c.nodes) unique(c.nodes, 'nodes');
     const backends = new Map(c.backends.map((b) => [b.name, b]));
     c.targets.forEach((t, i) => {
+      if (t.driver !== 'volume') return;
       const b = backends.get(t.backend);
       if (!b) {
         ctx.addIssue({ code: 'custom', path: ['targets', i, 'backend'], message: `unknown backend '${t.backend}' (configured: ${[...backends.keys()].join(', ')})` });

@@ -1,13 +1,13 @@
 /**
  * Every activity heartbeats while it runs, so a worker that dies mid-step is noticed
  * within the heartbeat timeout instead of the (long) start-to-close timeout, and a
- * cancel reaches the step. The copy is the exception: it heartbeats its own offset,
+ * cancel reaches the step. The copies are the exception: they heartbeat their own offset,
  * which a detail-less keep-alive heartbeat would overwrite.
  */
 import type { Context } from '@temporalio/activity';
 import type { ActivityInterceptorsFactory } from '@temporalio/worker';
 
-const OWN_HEARTBEATS = new Set(['copyVolume']);
+const OWN_HEARTBEATS = new Set(['copyVolume', 'backupToObjects', 'restoreFromObjects']);
 
 export const keepAlive: ActivityInterceptorsFactory = (ctx: Context) => ({
   inbound: {

@@ -151,6 +151,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
             blockSize: config.copyBlockSize,
             notify: (workflowId, p) => sideCall(() => client.workflow.getHandle(workflowId).signal('copyProgress', p)),
             readLimit: async (workflowId) => (await sideCall(() => client.workflow.getHandle(workflowId).query<number | null>('copyLimit'))) ?? undefined,
+            objectTarget: (name) => runtime.objectTarget(name),
           }),
         }),
       );

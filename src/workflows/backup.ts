@@ -12,6 +12,7 @@ import { BackupVolumeInput, SEARCH_ATTRIBUTES, type BackupResult } from '../api.
 import { activities, control } from './activities.js';
 import { failureReason, parseInput, Tracker } from './common.js';
 import { runDataPath } from './datapath.js';
+import { runOnAttached } from './objectpath.js';
 import { Saga } from './saga.js';
 
 export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult> {
@@ -27,7 +28,15 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
   let reason = '';
   try {
     tracker.phase('validating');
-    const plan = await control.beginBackup({ backupId, volumeId: input.volumeId, target: input.target, name: input.name, force: input.force, snapshotId: input.snapshotId });
+    const plan = await control.beginBackup({
+      backupId,
+      volumeId: input.volumeId,
+      target: input.target,
+      name: input.name,
+      force: input.force,
+      snapshotId: input.snapshotId,
+      ...(input.incremental !== undefined ? { incremental: input.incremental } : {}),
+    });
     const { control: ctl, compensation } = activities(plan.timeouts);
     saga.add('fail backup', () => compensation.failBackup({ backupId, reason }));
     if (plan.tempSnapshot) {
@@ -43,18 +52,48 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
     ]);
     tracker.state.bytesTotal = plan.size;
 
-    saga.add('delete destination', () => compensation.deleteBackendVolume({ loc: plan.dest }));
-    // The driver's own copy when its storage can do it (btrfs reflinks), else the spec's generic path.
-    tracker.phase('storage-assisted copy');
-    const assisted = await ctl.storageAssistedCopy({ source: plan.source, dest: plan.dest, size: plan.size });
-    let result: { storedBytes: number; method: string; node: string | null };
-    if (assisted.assisted) {
-      result = { storedBytes: assisted.storedBytes, method: 'storage-assisted', node: null };
+    let result: { storedBytes: number; method: string; node: string | null; parentId?: string | null };
+    const objectTarget = plan.objectTarget ?? null;
+    if (objectTarget !== null) {
+      // Chunks, metadata and journal of this backup; chunks other backups share stay.
+      saga.add('delete stored objects', () => compensation.deleteObjectBackup({ target: objectTarget, backupId }));
+      const acts = activities(plan.timeouts);
+      const stored = await runOnAttached({
+        volume: plan.source,
+        readOnly: true,
+        key: backupId,
+        tracker,
+        acts,
+        run: (node, connection) =>
+          node.copy.backupToObjects({
+            source: connection,
+            target: objectTarget,
+            backupId,
+            volumeId: input.volumeId,
+            size: plan.size,
+            incremental: plan.incremental === true,
+            ...(input.name !== undefined ? { name: input.name } : {}),
+            labels: { volumeName: plan.volume.name, backend: plan.volume.backend, ...(plan.volume.pool ? { pool: plan.volume.pool } : {}) },
+            bpsLimit: tracker.currentLimit(),
+          }),
+      });
+      tracker.state.lastCopy = { resumedFrom: stored.resumedFrom, bytesCopied: stored.bytesRead, storedBytes: stored.storedBytes, node: stored.node };
+      tracker.state.bytesDone = plan.size;
+      result = { storedBytes: stored.storedBytes, method: 'chunked', node: stored.node, parentId: stored.parentId };
     } else {
-      tracker.phase('creating destination');
-      await ctl.createBackendVolume({ loc: plan.dest, size: plan.size });
-      const copied = await runDataPath({ source: plan.source, dest: plan.dest, size: plan.size, sparse: true, key: backupId, tracker, acts: activities(plan.timeouts) });
-      result = { storedBytes: copied.storedBytes, method: 'generic', node: copied.node };
+      const dest = plan.dest!;
+      saga.add('delete destination', () => compensation.deleteBackendVolume({ loc: dest }));
+      // The driver's own copy when its storage can do it (btrfs reflinks), else the spec's generic path.
+      tracker.phase('storage-assisted copy');
+      const assisted = await ctl.storageAssistedCopy({ source: plan.source, dest, size: plan.size });
+      if (assisted.assisted) {
+        result = { storedBytes: assisted.storedBytes, method: 'storage-assisted', node: null };
+      } else {
+        tracker.phase('creating destination');
+        await ctl.createBackendVolume({ loc: dest, size: plan.size });
+        const copied = await runDataPath({ source: plan.source, dest, size: plan.size, sparse: true, key: backupId, tracker, acts: activities(plan.timeouts) });
+        result = { storedBytes: copied.storedBytes, method: 'generic', node: copied.node };
+      }
     }
 
     tracker.phase('finalizing');

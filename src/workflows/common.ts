@@ -47,6 +47,20 @@ export function failureReason(err: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/** Failure types that mean the stored backup itself is damaged (drivers/backup/errors.ts). */
+const DAMAGED_BACKUP_TYPES = ['ChunkCorrupt', 'DecryptionFailed', 'ChunkMissing', 'BackupCorrupt', 'BackupChainBroken'];
+
+export function failureType(err: unknown): string | undefined {
+  let e: unknown = err;
+  while (e instanceof ActivityFailure && e.cause) e = e.cause;
+  return e instanceof ApplicationFailure ? (e.type ?? undefined) : undefined;
+}
+
+export function isDamagedBackup(err: unknown): boolean {
+  const t = failureType(err);
+  return t !== undefined && DAMAGED_BACKUP_TYPES.includes(t);
+}
+
 /** A node that never picks up its work, or stops heartbeating, is treated as lost. */
 export function isNodeLost(err: unknown): boolean {
   if (!(err instanceof ActivityFailure)) return false;

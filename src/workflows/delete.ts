@@ -2,7 +2,7 @@
 import { upsertSearchAttributes } from '@temporalio/workflow';
 import { DeleteBackupInput, SEARCH_ATTRIBUTES } from '../api.js';
 import { compensation, control } from './activities.js';
-import { failureReason, parseInput, Tracker } from './common.js';
+import { failureReason, failureType, parseInput, Tracker } from './common.js';
 
 export async function deleteBackup(raw: DeleteBackupInput): Promise<{ backupId: string; deleted: true }> {
   const input = parseInput(DeleteBackupInput, raw);
@@ -12,13 +12,16 @@ export async function deleteBackup(raw: DeleteBackupInput): Promise<{ backupId: 
     { key: SEARCH_ATTRIBUTES.status, value: 'deleting' },
   ]);
   tracker.phase('validating');
-  const { location } = await control.beginDeleteBackup({ backupId: input.backupId });
+  const begun = await control.beginDeleteBackup({ backupId: input.backupId });
   try {
     tracker.phase('deleting data');
-    if (location) await control.deleteBackendVolume({ loc: location });
+    if (begun.location) await control.deleteBackendVolume({ loc: begun.location });
+    // The store refuses when other backups (say, imported ones) build on this one.
+    if (begun.objectTarget) await control.deleteObjectBackup({ target: begun.objectTarget, backupId: input.backupId });
     await control.finishDeleteBackup({ backupId: input.backupId });
   } catch (err) {
-    await compensation.failDeleteBackup({ backupId: input.backupId, reason: failureReason(err) });
+    const refused = failureType(err) === 'BackupHasDependents';
+    await compensation.failDeleteBackup({ backupId: input.backupId, reason: failureReason(err), ...(refused ? { refused } : {}) });
     tracker.status('error');
     throw err;
   }

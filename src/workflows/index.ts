@@ -2,3 +2,4 @@
 export { backupVolume } from './backup.js';
 export { restoreBackup } from './restore.js';
 export { deleteBackup } from './delete.js';
+export { verifyBackup } from './verify.js';

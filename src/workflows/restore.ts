@@ -6,7 +6,8 @@
 import { upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
 import { RestoreBackupInput, SEARCH_ATTRIBUTES, type RestoreResult } from '../api.js';
 import { activities, control } from './activities.js';
-import { failureReason, parseInput, Tracker } from './common.js';
+import { failureReason, isDamagedBackup, parseInput, Tracker } from './common.js';
+import { runOnAttached } from './objectpath.js';
 import { runDataPath } from './datapath.js';
 import { Saga } from './saga.js';
 
@@ -22,19 +23,64 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
   const saga = new Saga();
   let reason = '';
   let dataTouched = false;
+  let keepVolume = false;
   try {
     tracker.phase('validating');
     const plan = await control.beginRestore({ ...input, newVolumeId });
     const { control: ctl, compensation } = activities(plan.timeouts);
-    saga.add('fail restore', () => compensation.failRestore({ backupId: plan.backupId, volumeId: plan.volumeId, createdVolume: plan.createdVolume, dataTouched, reason }));
+    saga.add('fail restore', () =>
+      compensation.failRestore({
+        backupId: plan.backupId,
+        volumeId: plan.volumeId,
+        createdVolume: plan.createdVolume,
+        dataTouched,
+        reason,
+        ...(keepVolume ? { keepVolume } : {}),
+      }),
+    );
     upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.backend, value: plan.dest.backend }]);
     tracker.state.bytesTotal = plan.size;
 
-    if (plan.createdVolume) saga.add('delete new volume', () => compensation.deleteBackendVolume({ loc: plan.dest }));
+    if (plan.createdVolume) saga.add('delete new volume', async () => (keepVolume ? undefined : compensation.deleteBackendVolume({ loc: plan.dest })));
+    const objectTarget = plan.objectTarget ?? null;
+    if (objectTarget !== null) {
+      if (plan.createdVolume) {
+        tracker.phase('creating volume');
+        await ctl.createBackendVolume({ loc: plan.dest, size: plan.size });
+      } else {
+        // The old contents must not shine through where the backup has zeros.
+        dataTouched = true;
+        await ctl.clearBackendVolume({ loc: plan.dest });
+      }
+      try {
+        const r = await runOnAttached({
+          volume: plan.dest,
+          readOnly: false,
+          key: plan.volumeId,
+          tracker,
+          acts: activities(plan.timeouts),
+          onCopyStart: () => (dataTouched = true),
+          run: (node, connection) =>
+            node.copy.restoreFromObjects({ dest: connection, target: objectTarget, backupId: plan.backupId, size: plan.size, destIsZero: true, bpsLimit: tracker.currentLimit() }),
+        });
+        tracker.state.lastCopy = { resumedFrom: r.resumedFrom, bytesCopied: r.bytesWritten, storedBytes: r.bytesFetched, node: r.node };
+        tracker.state.bytesDone = plan.size;
+      } catch (err) {
+        // A damaged backup: the volume stays, in error, naming the chunk (Cinder's error_restoring).
+        keepVolume = isDamagedBackup(err);
+        throw err;
+      }
+      tracker.phase('finalizing');
+      const volume = await ctl.finalizeRestore({ backupId: plan.backupId, volumeId: plan.volumeId });
+      tracker.phase('done');
+      tracker.status('available');
+      return { volume, backupId: plan.backupId };
+    }
+    const source = plan.source!;
     tracker.phase('storage-assisted copy');
     // A clone replaces the destination's contents whole: from here on an existing volume is touched.
     dataTouched = !plan.createdVolume;
-    const assisted = await ctl.storageAssistedCopy({ source: plan.source, dest: plan.dest, size: plan.size });
+    const assisted = await ctl.storageAssistedCopy({ source, dest: plan.dest, size: plan.size });
     if (!assisted.assisted) {
       if (plan.createdVolume) {
         tracker.phase('creating volume');
@@ -44,7 +90,7 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
         await ctl.clearBackendVolume({ loc: plan.dest });
       }
       await runDataPath({
-        source: plan.source,
+        source,
         dest: plan.dest,
         size: plan.size,
         sparse: true,

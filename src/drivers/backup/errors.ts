@@ -1,0 +1,82 @@
+/**
+ * Errors of the chunked object targets (posix directory, S3). Same rules as src/errors.ts:
+ * stable class names travel through Temporal as failure types, and the names in
+ * CHUNKED_NON_RETRYABLE_ERROR_TYPES belong in the workers' `nonRetryableErrorTypes`,
+ * because a retry cannot repair a wrong key or a corrupt object.
+ */
+import { GbackupError, InvalidConfig, InvalidInput } from '../../errors.js';
+
+/** A target's credentials are neither in its credentialsFile nor in the environment. */
+export class MissingCredentials extends InvalidConfig {}
+/** An object key that could escape the store's root or is not in the safe alphabet. */
+export class InvalidObjectKey extends InvalidInput {}
+/** The store has no object under this key. Retryable: an eventually consistent listing may lag. */
+export class ObjectNotFound extends GbackupError {
+  constructor(
+    message: string,
+    readonly key: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Encryption is configured (or the backup is encrypted) but the key cannot be had. */
+export class MissingKey extends InvalidInput {}
+/** The key file or variable holds something other than 32 bytes (raw, hex or base64). */
+export class InvalidKey extends InvalidInput {}
+/** The key's fingerprint is not the one the backup was written with: checked before any chunk is read. */
+export class WrongKey extends InvalidInput {}
+
+/** A stored chunk does not decode to the bytes its metadata names. */
+export class ChunkCorrupt extends GbackupError {
+  constructor(
+    message: string,
+    readonly chunk: { offset: number; sha256: string; key: string },
+  ) {
+    super(message);
+  }
+}
+/** AES-GCM refused a chunk: with a matching key fingerprint this means the object was altered. */
+export class DecryptionFailed extends ChunkCorrupt {}
+/** A chunk named by the metadata is not in the store. */
+export class ChunkMissing extends ChunkCorrupt {}
+/** verify found chunks that are missing or do not match; `failures` lists every one. */
+export class BackupCorrupt extends GbackupError {
+  constructor(
+    message: string,
+    readonly failures: { offset: number; sha256: string; key: string; reason: string }[],
+  ) {
+    super(message);
+  }
+}
+
+/** A metadata object this version cannot read (newer format, or not ours). */
+export class UnsupportedFormat extends InvalidInput {}
+/** A backup's parent (or an ancestor) has no metadata in the target. */
+export class BackupChainBroken extends GbackupError {}
+/** Delete refused: other backups are incrementals on top of this one. */
+export class BackupHasDependents extends InvalidInput {}
+/** An incremental was required but the target holds no usable full backup of the volume. */
+export class NoParentBackup extends InvalidInput {}
+/** An imported record conflicts with a different record already in the target. */
+export class ImportConflict extends InvalidInput {}
+/** The source ended before the size the caller gave. */
+export class ShortRead extends GbackupError {}
+
+export const CHUNKED_NON_RETRYABLE_ERROR_TYPES = [
+  'MissingCredentials',
+  'InvalidObjectKey',
+  'MissingKey',
+  'InvalidKey',
+  'WrongKey',
+  'ChunkCorrupt',
+  'DecryptionFailed',
+  'ChunkMissing',
+  'BackupCorrupt',
+  'UnsupportedFormat',
+  'BackupChainBroken',
+  'BackupHasDependents',
+  'NoParentBackup',
+  'ImportConflict',
+  'ShortRead',
+];
