@@ -37,7 +37,7 @@ backends:
 targets:
   - { name: bucket, driver: s3, endpoint: ${minio.endpoint}, bucket: ${minio.bucket}, prefix: resume, forcePathStyle: true, credentialsFile: ${dir}/s3.json }
 timeouts: { heartbeat: 3, scheduleToStart: 5, reconcileEvery: 2 }
-copyBpsLimit: 16M
+copyBpsLimit: 8M
 `;
     },
   });
@@ -69,10 +69,12 @@ describe('object copies across a worker crash', () => {
     const sum = await env.volumes.sha256(vol.id);
     const backupId = `bak-${randomBytes(4).toString('hex')}`;
     const h = await env.client.startBackup({ volumeId: vol.id, backupId, target: 'bucket' }, { target: 'bucket', backend: 'alpha' });
-    const atKill = await waitFor(`half of the upload ${worker.output()}`, async () => {
+    const atKill = await waitFor(`40 MiB of the upload ${worker.output()}`, async () => {
       const p = await progress(h);
-      return p.bytesDone >= 48 * MiB ? p.bytesDone : undefined;
+      return p.bytesDone >= 40 * MiB ? p.bytesDone : undefined;
     });
+    // Mid-upload for sure: at 8 MiB/s the rest takes seconds.
+    expect(env.rt.catalog.backup(backupId).status).toBe('creating');
     await worker.kill();
     await worker.start();
     const { backup } = await env.client.result<BackupResult>(h);
@@ -83,8 +85,8 @@ describe('object copies across a worker crash', () => {
         `(${((copy.bytesCopied / size) * 100).toFixed(0)}% of the volume)`,
     );
     expect(copy.resumedFrom).toBeGreaterThan(0);
-    // The journal in the store lags the upload by at most ~2 s (32 MiB at this limit): what is below it is not even read again.
-    expect(copy.bytesCopied).toBeLessThanOrEqual(size - atKill + 32 * MiB);
+    // The journal in the store lags the upload by at most ~2 s (16 MiB at this limit): what is below it is not even read again.
+    expect(copy.bytesCopied).toBeLessThanOrEqual(size - atKill + 24 * MiB);
     // Every byte was stored once: what the killed attempt uploaded was found, not uploaded again.
     expect(backup.storedBytes).toBeGreaterThanOrEqual(size);
     expect(backup.storedBytes).toBeLessThan(size + 64 * 1024);
@@ -108,5 +110,32 @@ describe('object copies across a worker crash', () => {
     expect(rcopy?.bytesCopied ?? size).toBeLessThan(size);
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
     expect(await findStoreLeaks((await env.rt.objectTarget('bucket')).store)).toEqual(NO_STORE_LEAKS);
+  });
+
+  it('a backup cancelled mid-upload, or failing for good, leaves the source as it was and nothing of itself in the store', async () => {
+    const store = (await env.rt.objectTarget('bucket')).store;
+    const vol = await volumeWithData(env, 'alpha', undefined, 64, [0, 16, 32, 48], 16 * MiB);
+    const backupId = `bak-${randomBytes(4).toString('hex')}`;
+    const h = await env.client.startBackup({ volumeId: vol.id, backupId, target: 'bucket' }, { target: 'bucket', backend: 'alpha' });
+    await waitFor('part of the upload', async () => ((await progress(h)).bytesDone >= 16 * MiB ? true : undefined));
+    await env.client.cancel(h.workflowId);
+    await expect(env.client.result(h)).rejects.toThrow(/cancelled/);
+    expect(env.rt.catalog.backup(backupId)).toMatchObject({ status: 'error', error: 'cancelled' });
+    expect(env.rt.catalog.volume(vol.id).status).toBe('available');
+
+    worker.setFailpoints('copy=error');
+    const failedId = `bak-${randomBytes(4).toString('hex')}`;
+    const f = await env.client.startBackup({ volumeId: vol.id, backupId: failedId, target: 'bucket' }, { target: 'bucket', backend: 'alpha' });
+    await expect(env.client.result(f)).rejects.toThrow(/InjectedFault|injected/i);
+    worker.setFailpoints('');
+    expect(env.rt.catalog.backup(failedId).status).toBe('error');
+    expect(env.rt.catalog.volume(vol.id).status).toBe('available');
+
+    // Only complete backups (the one of the first test) remain, and every chunk object is one of theirs.
+    const keys: string[] = [];
+    for await (const k of store.list('backups/')) keys.push(k);
+    expect(keys.filter((k) => k.includes(backupId) || k.includes(failedId))).toEqual([]);
+    expect(await findLeaks(env)).toEqual(NO_LEAKS);
+    expect(await findStoreLeaks(store)).toEqual(NO_STORE_LEAKS);
   });
 });
