@@ -168,11 +168,32 @@ ${targets}
       // ... also through a symlink
       [`  - { name: beta, driver: file, path: ${dir}/beta }\n  - { name: gamma, driver: file, path: ${dir}/beta-alias }`, `  - { name: t, driver: volume, backend: beta }`, /same storage as backend 'gamma'/],
     ] as const;
-    for (const [backends, targets, msg] of bad) {
+    const objects = [
+      // a posix object target inside a backend's directory is that backend's storage
+      [`  - { name: alpha, driver: file, path: ${dir}/alpha, pools: [gold] }`, `  - { name: o, driver: posix, path: ${dir}/alpha/backups }`, /target 'o' \(posix .*alpha\/backups\) is the same storage as backend 'alpha'/],
+      // ... or holding one
+      [`  - { name: alpha, driver: file, path: ${dir}/alpha }`, `  - { name: o, driver: posix, path: ${dir} }`, /target 'o' .* same storage as backend 'alpha'/],
+    ] as const;
+    for (const [backends, targets, msg] of [...bad, ...objects]) {
       const config = parseConfig(base(dir, backends, targets), 'test', dir);
       const err = await startWorkers({ config, workflowBundle: { code: 'unused' }, log: () => undefined }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(SameStorageTarget);
       expect((err as Error).message).toMatch(msg);
+    }
+  });
+
+  it('names the field of a malformed object target', () => {
+    const dir = join(env.dir, 'rule-s3');
+    const cases = [
+      [`  - { name: s, driver: s3, bucket: Not_A_Bucket }`, /targets\[0\]\.bucket: bucket must be 3-63 characters/],
+      [`  - { name: s, driver: s3, bucket: ok-bucket, endpoint: not-a-url }`, /targets\[0\]\.endpoint: endpoint must be a URL/],
+      [`  - { name: s, driver: s3, bucket: ok-bucket, prefix: a/../b }`, /targets\[0\]\.prefix/],
+      [`  - { name: p, driver: posix, path: ${dir}/o, compression: lz4 }`, /targets\[0\]\.compression/],
+      [`  - { name: p, driver: posix, path: ${dir}/o, chunkSize: 3M, encryption: { keyFile: k, keyEnv: K } }`, /targets\[0\]\.chunkSize: .*multiple of 4K|targets\[0\]\.encryption: encryption needs exactly one of keyFile or keyEnv/],
+      [`  - { name: p, driver: posix, path: ${dir}/o, secretAccessKey: x }`, /targets\[0\]: .*secretAccessKey/],
+    ] as const;
+    for (const [targets, msg] of cases) {
+      expect(() => parseConfig(base(dir, `  - { name: alpha, driver: file, path: ${dir}/alpha }`, targets), 'test', dir), targets).toThrow(msg);
     }
   });
 
