@@ -353,6 +353,30 @@ describe('gbackup CLI with object targets', () => {
     expect(verify.code, verify.stderr).toBe(0);
     expect(verify.json).toMatchObject({ backupId: second.json.id, verified: true, chunks: 2 });
 
+    // A verify on a Temporal schedule: made by the CLI, triggered now, its run checks the backup.
+    const sched = await gb(env.configFile, 'backup', 'verify', String(second.json.id), '--schedule', '0 3 * * 0', '--json');
+    expect(sched.code, sched.stderr).toBe(0);
+    expect(sched.json).toMatchObject({ scheduleId: `verify-backup-${String(second.json.id)}` });
+    expect((sched.json.nextRuns as string[])[0]).toMatch(/T03:00:00/);
+    const sh = env.client.client.schedule.getHandle(String(sched.json.scheduleId));
+    await sh.trigger();
+    const run = await (async () => {
+      for (let i = 0; i < 100; i++) {
+        const d = await sh.describe();
+        const a = d.info.recentActions[0]?.action;
+        if (a) return a;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      throw new Error('the schedule did not start a run');
+    })();
+    const verified = await env.client.client.workflow.getHandle(run.workflow.workflowId, run.workflow.firstExecutionRunId).result();
+    expect(verified).toMatchObject({ backupId: second.json.id, chunks: 2 });
+    const badCron = await gb(env.configFile, 'backup', 'verify', String(second.json.id), '--schedule', 'not a cron');
+    expect(badCron.code).toBe(2);
+    expect(badCron.stderr).toMatch(/invalid --schedule 'not a cron'/);
+    const unsched = await gb(env.configFile, 'backup', 'verify', String(second.json.id), '--unschedule', '--json');
+    expect(unsched.json).toMatchObject({ unscheduled: true });
+
     const refused = await gb(env.configFile, 'backup', 'delete', String(first.json.id), '--wait');
     expect(refused.code).toBe(2);
     expect(refused.stderr).toMatch(new RegExp(`'${String(second.json.id)}' is an incremental`));

@@ -41,7 +41,8 @@ usage: gbackup [--config FILE] [--json] COMMAND ...
   backup create VOLUME_ID [--target T] [--name N] [--force] [--snapshot SNAP_ID] [--incremental] [--wait]
   backup list [--volume ID] | show ID
   backup delete ID [--wait]             refused while incrementals build on it
-  backup verify ID                      read every chunk back (posix/s3 targets), check hashes
+  backup verify ID [--schedule CRON | --unschedule]   read every chunk back (posix/s3), check hashes;
+                                        or run that on a Temporal schedule
   backup export ID                      print the backup's record (posix/s3 targets)
   backup import --target T (RECORD | --file F)   make an exported backup known here
   backup cancel ID
@@ -222,6 +223,8 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
       });
       return withClient(config, async (c) => {
         const handle = await c.startDelete({ backupId: id });
+        // A verify schedule of a deleted backup would only fail from now on.
+        await c.unscheduleVerify(id).catch(() => false);
         if (!values.wait) return out.result({ id, status: 'deleting', workflowId: handle.workflowId }, () => `deleting backup ${id}`);
         await c.result(handle);
         return out.result({ id, deleted: true }, () => `deleted backup ${id}`);
@@ -288,13 +291,24 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
       });
     }
     case 'verify': {
-      const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'backup ID' });
+      const { values, pos } = parse(argv, { schedule: { type: 'string' }, unschedule: { type: 'boolean' } }, { min: 1, max: 1, names: 'backup ID' });
       const config = loadConfig(str(values.config));
       const id = checkName(pos[0]!, 'backup id', 'id');
+      const cron = str(values.schedule);
+      if (cron !== undefined && values.unschedule === true) throw new UsageError('give --schedule CRON or --unschedule, not both');
+      if (values.unschedule === true) {
+        const removed = await withClient(config, (c) => c.unscheduleVerify(id));
+        return out.result({ backupId: id, unscheduled: removed }, () => (removed ? `verify schedule of ${id} removed` : `backup ${id} had no verify schedule`));
+      }
       await withRuntime(config, async (rt) => {
         const b = rt.catalog.backup(id);
         if (!rt.isObjectTarget(b.target)) throw new InvalidInput(`backup '${id}' is on volume target '${b.target}'; verify reads the chunk hashes of posix and s3 targets`);
       });
+      if (cron !== undefined) {
+        if (cron.trim() === '') throw new UsageError('--schedule needs a cron expression, such as "0 3 * * 0"');
+        const r = await withClient(config, (c) => c.scheduleVerify(id, cron));
+        return out.result({ backupId: id, ...r }, () => `verify of ${id} scheduled (${r.scheduleId}); next runs: ${r.nextRuns.join(', ')}`);
+      }
       return withClient(config, async (c) => {
         const handle = await c.startVerify({ backupId: id });
         out.info(`verifying backup ${id} (workflow ${handle.workflowId})`);

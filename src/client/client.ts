@@ -3,7 +3,7 @@
  * uses, and a worked example for other services (they need only api.ts's names and
  * shapes; nothing here is required).
  */
-import { Client, Connection, WorkflowExecutionAlreadyStartedError, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { Client, Connection, ScheduleAlreadyRunning, ScheduleNotFoundError, ScheduleOverlapPolicy, WorkflowExecutionAlreadyStartedError, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ActivityFailure, ApplicationFailure, CancelledFailure, TimeoutFailure } from '@temporalio/common';
 import {
   SEARCH_ATTRIBUTES,
@@ -160,6 +160,57 @@ export class GbackupClient {
       return await handle.query<Progress>('progress');
     } catch {
       return null;
+    }
+  }
+
+  /**
+   * A Temporal schedule that runs verifyBackup on a cron expression (say `0 3 * * 0`);
+   * overlapping runs are skipped. Replaces an existing schedule of the backup.
+   */
+  async scheduleVerify(backupId: string, cron: string): Promise<{ scheduleId: string; nextRuns: string[] }> {
+    const scheduleId = workflowIds.verify(backupId);
+    try {
+      let handle = this.client.schedule.getHandle(scheduleId);
+      try {
+        handle = await this.client.schedule.create({
+          scheduleId,
+          spec: { cronExpressions: [cron] },
+          policies: { overlap: ScheduleOverlapPolicy.SKIP },
+          action: {
+            type: 'startWorkflow',
+            workflowType: WORKFLOWS.verifyBackup,
+            taskQueue: this.taskQueue,
+            workflowId: scheduleId,
+            args: [{ backupId } satisfies VerifyBackupInput],
+            typedSearchAttributes: [
+              { key: SEARCH_ATTRIBUTES.backupId, value: backupId },
+              { key: SEARCH_ATTRIBUTES.status, value: 'verifying' },
+            ],
+          },
+          memo: { purpose: `verify backup ${backupId}` },
+        });
+      } catch (e) {
+        if (!(e instanceof ScheduleAlreadyRunning)) throw e;
+        // Rescheduling: only the times change, so a bad expression leaves the old schedule as it was.
+        await handle.update((prev) => ({ ...prev, spec: { cronExpressions: [cron] } }));
+      }
+      const d = await handle.describe();
+      return { scheduleId, nextRuns: d.info.nextActionTimes.slice(0, 3).map((t) => t.toISOString()) };
+    } catch (e) {
+      // The server refuses a malformed cron expression with its own words.
+      if (e instanceof Error && /cron|invalid/i.test(e.message)) throw new InvalidInput(`invalid --schedule '${cron}': ${e.message}`);
+      throw e;
+    }
+  }
+
+  /** Removes the backup's verify schedule; none is success. */
+  async unscheduleVerify(backupId: string): Promise<boolean> {
+    try {
+      await this.client.schedule.getHandle(workflowIds.verify(backupId)).delete();
+      return true;
+    } catch (e) {
+      if (e instanceof ScheduleNotFoundError) return false;
+      throw e;
     }
   }
 
