@@ -17,7 +17,7 @@
  * Everything lives in a temporary directory under /var/tmp, removed at the end with MinIO.
  */
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
-import { createReadStream, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createReadStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, open, rm, truncate } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { cpus, totalmem } from 'node:os';
@@ -27,7 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { execa, type ResultPromise } from 'execa';
 import { repoRoot } from '../src/devserver.js';
-import { backupToStore, ChunkedTarget, restoreFromStore } from '../src/drivers/backup/chunked.js';
+import { backupToStore, ChunkedTarget, DEFAULT_CONCURRENCY, DEFAULT_RESTORE_CONCURRENCY, restoreFromStore } from '../src/drivers/backup/chunked.js';
 import { ObjectTarget } from '../src/drivers/backup/config.js';
 import { DEFAULT_CHUNK_SIZE } from '../src/drivers/backup/format.js';
 import { MiB } from '../src/size.js';
@@ -226,8 +226,10 @@ async function child(job: ChildJob): Promise<void> {
     target.close();
   }
   const seconds = (performance.now() - t0) / 1000;
-  // maxRSS is in KiB; VmHWM is the same figure from the kernel's side.
-  process.stdout.write(`${JSON.stringify({ seconds, maxRssBytes: process.resourceUsage().maxRSS * 1024 })}\n`);
+  // VmHWM, this process's own peak. Not getrusage's maxRSS: Linux carries that across
+  // fork + exec, so a child would report its parent's peak if that was higher.
+  const hwm = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  process.stdout.write(`${JSON.stringify({ seconds, maxRssBytes: Number(hwm?.[1] ?? 0) * 1024 })}\n`);
 }
 
 async function runChild(job: ChildJob): Promise<{ seconds: number; maxRssBytes: number }> {
@@ -240,11 +242,15 @@ async function runChild(job: ChildJob): Promise<{ seconds: number; maxRssBytes: 
 // ---------------------------------------------------------------------------------------
 // restic
 
-async function restic(m: Minio, dir: string, repo: string, args: string[]): Promise<string> {
-  const r = await execa('restic', ['-r', `s3:${m.endpoint}/${BUCKET}/${repo}`, '-q', ...args], {
+/** Runs restic; `maxRssBytes` is its peak RSS from GNU time when that is installed (else 0). */
+async function restic(m: Minio, dir: string, repo: string, args: string[]): Promise<{ stdout: string; maxRssBytes: number }> {
+  const cmd = ['restic', '-r', `s3:${m.endpoint}/${BUCKET}/${repo}`, '-q', ...args];
+  const timeBin = existsSync('/usr/bin/time') ? '/usr/bin/time' : null;
+  const r = await execa(timeBin ?? cmd[0]!, timeBin ? ['-f', 'gbackup-bench-maxrss-kib %M', ...cmd] : cmd.slice(1), {
     env: { ...s3env, RESTIC_PASSWORD, RESTIC_CACHE_DIR: join(dir, 'restic-cache') },
   });
-  return r.stdout;
+  const kib = /gbackup-bench-maxrss-kib (\d+)/.exec(r.stderr);
+  return { stdout: r.stdout, maxRssBytes: kib ? Number(kib[1]) * 1024 : 0 };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -271,6 +277,8 @@ interface Round {
   resticRestore: number;
   /** restic does not fsync what it restored; gbackup's restore ends with its data synced. */
   resticRestoreSync: number;
+  resticFullMaxRss: number;
+  resticRestoreMaxRss: number;
   changedChunks: number;
   gbIncr: number;
   gbIncrStored: number;
@@ -309,7 +317,8 @@ async function roundOn(m: Minio, dir: string, r: number, keyFile: string): Promi
   say(`  gbackup backup ${fmt(full.seconds)} s, restore ${fmt(restore.seconds)} s`);
 
   const repo = `restic${r}`;
-  await restic(m, dir, repo, ['init']);
+  // Format 2: compressed (zstd, restic's default `auto` level), like gbackup's target here.
+  await restic(m, dir, repo, ['init', '--repository-version', '2']);
   const rb = await timed(() => restic(m, dir, repo, ['backup', src]));
   const resticUsage = await prefixUsage(m, `${repo}/`);
   const rdir = join(dir, 'restic-restore');
@@ -354,6 +363,8 @@ async function roundOn(m: Minio, dir: string, r: number, keyFile: string): Promi
     resticFullObjects: resticUsage.objects,
     resticRestore: rr.seconds,
     resticRestoreSync: rrSync,
+    resticFullMaxRss: rb.value.maxRssBytes,
+    resticRestoreMaxRss: rr.value.maxRssBytes,
     changedChunks: changed,
     gbIncr: incr.seconds,
     gbIncrStored: incrStored,
@@ -364,6 +375,8 @@ async function roundOn(m: Minio, dir: string, r: number, keyFile: string): Promi
     plainRestore: plainRestore.seconds,
   };
 }
+
+let resticVersion = 'restic';
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -376,18 +389,21 @@ async function main(): Promise<void> {
   const repeat = Math.max(1, Number.parseInt(process.env.BENCH_REPEAT ?? '3', 10) || 1);
   try {
     say(`work dir ${dir}; ${cpus().length} cores, ${fmt(totalmem() / GiB, 1)} GiB RAM; cold caches: ${isRoot ? 'yes' : 'no (not root)'}; ${repeat} rounds, medians`);
+    resticVersion = (await execa('restic', ['version'])).stdout.trim();
     const keyFile = join(dir, 'key');
     writeFileSync(keyFile, randomBytes(32));
     const env = { ...process.env, ...s3env };
     const SIZE = 1 * GiB;
 
     const rounds: Round[] = [];
-    for (let r = 0; r < repeat; r++) rounds.push(await round(dir, r, keyFile));
+    // BENCH_ONLY=sweep: the chunk size sweep alone (no restic rounds, no RSS).
+    const onlySweep = process.env.BENCH_ONLY === 'sweep';
+    if (!onlySweep) for (let r = 0; r < repeat; r++) rounds.push(await round(dir, r, keyFile));
     const med = (k: keyof Round) => median(rounds.map((x) => x[k]));
 
     // --- peak RSS in a child process
     const rss: { gib: number; backupSeconds: number; backupMaxRss: number; restoreSeconds: number; restoreMaxRss: number }[] = [];
-    const rssSizes = (process.env.BENCH_RSS_GIB ?? '1,4').split(',').map((s) => Number(s)).filter((n) => n > 0);
+    const rssSizes = onlySweep ? [] : (process.env.BENCH_RSS_GIB ?? '1,4').split(',').map((s) => Number(s)).filter((n) => n > 0);
     for (const gib of rssSizes) {
       const file = join(dir, `rss-${gib}.img`);
       say(`peak RSS: ${gib} GiB`);
@@ -408,14 +424,16 @@ async function main(): Promise<void> {
 
     // --- chunk size sweep
     const sweep: SweepRow[] = [];
-    if (process.env.BENCH_CHUNK_SWEEP === '1') {
+    if (process.env.BENCH_CHUNK_SWEEP === '1' || onlySweep) {
       const src = join(dir, 'sweep.img');
       const dest = join(dir, 'sweep-restore.img');
-      for (const chunkMiB of [1, 4, 8, 16]) {
-        const cs = chunkMiB * MiB;
-        const runs: SweepRow[] = [];
-        for (let r = 0; r < repeat; r++) {
-          say(`chunk sweep: ${chunkMiB} MiB, round ${r}`);
+      const sizes = [1, 4, 8, 16];
+      const runs: SweepRow[] = [];
+      // Sizes interleaved within each round, so a drift in the machine's load weighs on all alike.
+      for (let r = 0; r < repeat; r++) {
+        for (const chunkMiB of sizes) {
+          const cs = chunkMiB * MiB;
+          say(`chunk sweep: round ${r}, ${chunkMiB} MiB`);
           await randomFile(src, SIZE);
           const [b, rs, i] = await withMinio(dir, `sweep${chunkMiB}-${r}`, async (minio) => {
             const t = await ChunkedTarget.open(targetConfig(minio, 'sweep', keyFile, cs), env);
@@ -431,56 +449,69 @@ async function main(): Promise<void> {
             return [b, rs, i] as const;
           });
           runs.push({ chunkMiB, backupSeconds: b.seconds, restoreSeconds: rs.seconds, incrementalSeconds: i.seconds, incrementalStoredBytes: i.value.bytesStored });
+          say(`  backup ${fmt(b.seconds)} s, restore ${fmt(rs.seconds)} s, 1% incremental ${fmt(i.seconds)} s (${mb(i.value.bytesStored)} MB)`);
         }
-        const row: SweepRow = {
+      }
+      for (const chunkMiB of sizes) {
+        const mine = runs.filter((x) => x.chunkMiB === chunkMiB);
+        sweep.push({
           chunkMiB,
-          backupSeconds: median(runs.map((x) => x.backupSeconds)),
-          restoreSeconds: median(runs.map((x) => x.restoreSeconds)),
-          incrementalSeconds: median(runs.map((x) => x.incrementalSeconds)),
-          incrementalStoredBytes: median(runs.map((x) => x.incrementalStoredBytes)),
-        };
-        sweep.push(row);
-        say(`  backup ${fmt(row.backupSeconds)} s, restore ${fmt(row.restoreSeconds)} s, 1% incremental ${fmt(row.incrementalSeconds)} s (${mb(row.incrementalStoredBytes)} MB)`);
+          backupSeconds: median(mine.map((x) => x.backupSeconds)),
+          restoreSeconds: median(mine.map((x) => x.restoreSeconds)),
+          incrementalSeconds: median(mine.map((x) => x.incrementalSeconds)),
+          incrementalStoredBytes: median(mine.map((x) => x.incrementalStoredBytes)),
+        });
       }
       await rm(src, { force: true });
     }
 
     // --- report
-    const rows: [string, number, string][] = [
-      ['gbackup full backup (zstd + AES-256-GCM)', med('gbFull'), `stored ${mb(med('gbFullStored'))} MB in ${med('gbFullObjects')} objects`],
-      ['restic  full backup (zstd + AES-256)', med('resticFull'), `stored ${mb(med('resticFullStored'))} MB in ${med('resticFullObjects')} objects`],
-      ['gbackup restore (ends fdatasync-ed)', med('gbRestore'), `fetched ${mb(med('gbRestoreFetched'))} MB`],
-      ['restic  restore (no fsync)', med('resticRestore'), ''],
-      ['restic  restore + sync', med('resticRestoreSync'), ''],
-      [`gbackup incremental, 1% changed (${med('changedChunks')} chunks)`, med('gbIncr'), `stored ${mb(med('gbIncrStored'))} MB`],
-      ['restic  incremental, same change', med('resticIncr'), `stored ${mb(med('resticIncrStored'))} MB`],
-      ['gbackup restore of the incremental', med('gbIncrRestore'), ''],
-      ['gbackup full backup, no zstd, no AES', med('plainFull'), ''],
-      ['gbackup restore, no zstd, no AES', med('plainRestore'), ''],
-    ];
     const out: string[] = [];
-    out.push('');
-    out.push(
-      `1 GiB random data (${SIZE} bytes), MinIO on loopback, ${cpus().length} cores, chunk ${DEFAULT_CHUNK_SIZE / MiB} MiB, concurrency 4, page cache dropped before each step: ${isRoot}, fresh MinIO per round, median of ${repeat}`,
-    );
-    out.push('');
-    out.push(`${'step'.padEnd(46)} ${'seconds'.padStart(8)} ${'MB/s'.padStart(7)}  notes`);
-    for (const [name, s, note] of rows) out.push(`${name.padEnd(46)} ${fmt(s).padStart(8)} ${fmt(SIZE / 1e6 / s, 0).padStart(7)}  ${note}`);
-    out.push('');
-    const ratios = {
-      backupVsRestic: med('resticFull') / med('gbFull'),
-      restoreVsRestic: med('resticRestore') / med('gbRestore'),
-      restoreVsResticSynced: med('resticRestoreSync') / med('gbRestore'),
-      incrementalOverFull: med('gbIncr') / med('gbFull'),
-    };
-    const verdict = (ok: boolean) => (ok ? 'MET' : 'MISSED');
-    out.push(`backup:  gbackup is ${fmt(ratios.backupVsRestic)}x restic's speed (target > 1): ${verdict(ratios.backupVsRestic > 1)}`);
-    out.push(`restore: gbackup is ${fmt(ratios.restoreVsRestic)}x restic's speed, ${fmt(ratios.restoreVsResticSynced)}x restic + sync (target > 1): ${verdict(ratios.restoreVsRestic > 1)} / ${verdict(ratios.restoreVsResticSynced > 1)}`);
-    out.push(`1% incremental takes ${fmt(ratios.incrementalOverFull * 100, 1)}% of the full backup's time (target <= 10%): ${verdict(ratios.incrementalOverFull <= 0.1)}`);
-    out.push('');
+    let ratios: { backupVsRestic: number; restoreVsRestic: number; restoreVsResticSynced: number; incrementalOverFull: number } | null = null;
+    if (rounds.length) {
+      const rows: [string, number, string][] = [
+        ['gbackup full backup (zstd + AES-256-GCM)', med('gbFull'), `stored ${mb(med('gbFullStored'))} MB in ${med('gbFullObjects')} objects`],
+        ['restic  full backup (zstd + AES-256)', med('resticFull'), `stored ${mb(med('resticFullStored'))} MB in ${med('resticFullObjects')} objects`],
+        ['gbackup restore (ends fdatasync-ed)', med('gbRestore'), `fetched ${mb(med('gbRestoreFetched'))} MB`],
+        ['restic  restore (no fsync)', med('resticRestore'), ''],
+        ['restic  restore + sync', med('resticRestoreSync'), ''],
+        [`gbackup incremental, 1% changed (${med('changedChunks')} chunks)`, med('gbIncr'), `stored ${mb(med('gbIncrStored'))} MB`],
+        ['restic  incremental, same change', med('resticIncr'), `stored ${mb(med('resticIncrStored'))} MB`],
+        ['gbackup restore of the incremental', med('gbIncrRestore'), ''],
+        ['gbackup full backup, no zstd, no AES', med('plainFull'), ''],
+        ['gbackup restore, no zstd, no AES', med('plainRestore'), ''],
+      ];
+      out.push('');
+      out.push(
+        `1 GiB random data (${SIZE} bytes), MinIO on loopback, ${cpus().length} cores, chunk ${DEFAULT_CHUNK_SIZE / MiB} MiB, concurrency ${DEFAULT_CONCURRENCY} up / ${DEFAULT_RESTORE_CONCURRENCY} down, page cache dropped before each step: ${isRoot}, fresh MinIO per round, median of ${repeat}; ${resticVersion}`,
+      );
+      out.push('');
+      out.push(`${'step'.padEnd(46)} ${'seconds'.padStart(8)} ${'MB/s'.padStart(7)}  notes`);
+      for (const [name, s, note] of rows) out.push(`${name.padEnd(46)} ${fmt(s).padStart(8)} ${fmt(SIZE / 1e6 / s, 0).padStart(7)}  ${note}`);
+      out.push('');
+      const r = {
+        backupVsRestic: med('resticFull') / med('gbFull'),
+        restoreVsRestic: med('resticRestore') / med('gbRestore'),
+        restoreVsResticSynced: med('resticRestoreSync') / med('gbRestore'),
+        incrementalOverFull: med('gbIncr') / med('gbFull'),
+      };
+      ratios = r;
+      const verdict = (ok: boolean) => (ok ? 'MET' : 'MISSED');
+      out.push(`backup:  gbackup is ${fmt(r.backupVsRestic)}x restic's speed (target > 1): ${verdict(r.backupVsRestic > 1)}`);
+      out.push(`restore: gbackup is ${fmt(r.restoreVsRestic)}x restic's speed, ${fmt(r.restoreVsResticSynced)}x restic + sync (target > 1): ${verdict(r.restoreVsRestic > 1)} / ${verdict(r.restoreVsResticSynced > 1)}`);
+      out.push(`1% incremental takes ${fmt(r.incrementalOverFull * 100, 1)}% of the full backup's time (target <= 10%): ${verdict(r.incrementalOverFull <= 0.1)}`);
+      out.push(
+        `bytes stored: full ${med('gbFullStored')} (gbackup) vs ${med('resticFullStored')} (restic), ${fmt(med('gbFullStored') / med('resticFullStored'), 3)}x; ` +
+          `incremental ${med('gbIncrStored')} vs ${med('resticIncrStored')}, ${fmt(med('gbIncrStored') / med('resticIncrStored'), 2)}x`,
+      );
+      out.push('');
+    }
     if (rss.length) {
       out.push(`${'peak RSS, child process'.padEnd(26)} ${'backup s'.padStart(9)} ${'backup RSS'.padStart(11)} ${'restore s'.padStart(10)} ${'restore RSS'.padStart(12)}`);
       for (const r of rss) out.push(`${`${r.gib} GiB`.padEnd(26)} ${fmt(r.backupSeconds).padStart(9)} ${`${mb(r.backupMaxRss)} MB`.padStart(11)} ${fmt(r.restoreSeconds).padStart(10)} ${`${mb(r.restoreMaxRss)} MB`.padStart(12)}`);
+      if (rounds.length && med('resticFullMaxRss') > 0) {
+        out.push(`${'restic, 1 GiB (GNU time)'.padEnd(26)} ${fmt(med('resticFull')).padStart(9)} ${`${mb(med('resticFullMaxRss'))} MB`.padStart(11)} ${fmt(med('resticRestore')).padStart(10)} ${`${mb(med('resticRestoreMaxRss'))} MB`.padStart(12)}`);
+      }
       out.push('');
     }
     if (sweep.length) {

@@ -2,14 +2,14 @@
  * The pieces of the chunked targets on their own: config shapes, object keys, the
  * posix store, the chunk view arithmetic, keys and the chunk codec.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PosixTarget, resolveTargetPaths, S3Target } from '../src/drivers/backup/config.js';
-import { BufferPool, CHUNK_OVERHEAD, chunkSpace, CodecPool, dataKey, keyFingerprint, loadKey, parseKey } from '../src/drivers/backup/codec.js';
+import { BufferPool, CHUNK_OVERHEAD, chunkSpace, CodecPool, dataKey, keyFingerprint, loadKey, parseKey, sharedCodecPool } from '../src/drivers/backup/codec.js';
 import { ChunkView, DEFAULT_CHUNK_SIZE, keys, parseMetadata, type BackupMetadata } from '../src/drivers/backup/format.js';
 import { checkKey, listAll, loadS3Credentials, PosixStore } from '../src/drivers/backup/store.js';
 
@@ -130,25 +130,29 @@ describe('chunk codec', () => {
   afterAll(() => pool.close());
   const CS = 256 * 1024;
 
-  const space = () => new ArrayBuffer(CS + CHUNK_OVERHEAD);
-  /** Decodes a copy of `body` (decode takes its buffer over). */
-  const decode = (body: Buffer, sha: Buffer, key: Buffer | null, len = CS) => {
-    const ab = new ArrayBuffer(body.length + 7);
-    new Uint8Array(ab).set(body);
-    return pool.decode(ab, body.length, new ArrayBuffer(CS), len, sha, key);
+  const space = () => new SharedArrayBuffer(CS + CHUNK_OVERHEAD);
+  /** Decodes a copy of `body` into a fresh buffer; the decoded bytes come back with the result. */
+  const decode = async (body: Buffer, sha: Buffer, key: Buffer | null, len = CS) => {
+    const sab = new SharedArrayBuffer(body.length + 7);
+    new Uint8Array(sab).set(body);
+    const out = new SharedArrayBuffer(CS);
+    const r = await pool.decode(sab, body.length, out, len, sha, key);
+    return { ...r, out: Buffer.from(out, 0, len) };
   };
 
   async function roundTrip(plain: Buffer, compress: boolean, key: Buffer | null) {
-    const buf = new ArrayBuffer(CS);
+    const buf = new SharedArrayBuffer(CS);
     Buffer.from(buf).set(plain);
-    const h = await pool.hashEncode(buf, plain.length, space(), null, { compress, key });
+    const sp = space();
+    const h = await pool.hashEncode(buf, plain.length, sp, null, { compress, key });
     expect(h.zero).toBe(false);
     expect(h.body!.crc32).toBe(crc32(h.body!.bytes));
-    expect(h.body!.space).toBe(h.space);
+    // The object is written in place, into the space buffer given.
+    expect(h.body!.bytes.buffer).toBe(sp);
     const body = Buffer.from(h.body!.bytes);
     const d = await decode(body, h.sha!, key, plain.length);
     expect(d.failure).toBeNull();
-    expect(Buffer.from(d.buf, 0, plain.length).equals(plain)).toBe(true);
+    expect(d.out.equals(plain)).toBe(true);
     return { body, sha: h.sha! };
   }
 
@@ -170,15 +174,18 @@ describe('chunk codec', () => {
   });
 
   it('tells zero chunks and unchanged chunks without encoding them', async () => {
-    const buf = new ArrayBuffer(CS);
+    const buf = new SharedArrayBuffer(CS);
     const z = await pool.hashEncode(buf, CS, space(), null, { compress: true, key: null });
     expect(z).toMatchObject({ zero: true, sha: null, body: null });
-    expect(z.space.byteLength).toBe(CS + CHUNK_OVERHEAD);
-    Buffer.from(z.buf).fill(7);
-    const a = await pool.hashEncode(z.buf, CS, space(), null, { compress: true, key: null });
-    const b = await pool.hashEncode(a.buf, CS, space(), a.sha, { compress: true, key: null });
+    Buffer.from(buf).fill(7);
+    const a = await pool.hashEncode(buf, CS, space(), null, { compress: true, key: null });
+    const b = await pool.hashEncode(buf, CS, space(), a.sha, { compress: true, key: null });
     expect(b.sha!.equals(a.sha!)).toBe(true);
     expect(b.body).toBeNull();
+    expect((await pool.hash(buf, CS)).sha!.equals(a.sha!)).toBe(true);
+    // A job whose buffers cannot hold it fails as an error, and the pool goes on working.
+    await expect(pool.decode(new SharedArrayBuffer(16), 16, new SharedArrayBuffer(8), 64, a.sha!, null)).rejects.toThrow(/does not fit/);
+    expect((await pool.hash(buf, CS)).zero).toBe(false);
   });
 
   it('refuses a flipped byte, a wrong key and a swapped object', async () => {
@@ -201,12 +208,64 @@ describe('chunk codec', () => {
     expect((await decode(Buffer.from('nonsense'), sha, key)).failure?.kind).toBe('format');
   });
 
-  it('hands buffers out and back', async () => {
-    const p = new BufferPool(1, 16);
+  it('refuses a zstd payload that would decode to far more than a chunk, before decoding it', async () => {
+    /** A zstd frame of RLE blocks of 128 KiB of 'x': tiny, and as large decoded as there are blocks. */
+    const rleFrame = (blocks: number, trailing = Buffer.alloc(0)) => {
+      const parts = [Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38])];
+      for (let i = 0; i < blocks; i++) {
+        const h = (128 * 1024 * 8) | (1 << 1) | (i === blocks - 1 ? 1 : 0);
+        parts.push(Buffer.from([h & 0xff, (h >> 8) & 0xff, (h >> 16) & 0xff, 0x78]));
+      }
+      return Buffer.concat([Buffer.from('GBC1'), Buffer.from([1]), ...parts, trailing]);
+    };
+    const plain = Buffer.alloc(CS, 'x');
+    const sha = createHash('sha256').update(plain).digest();
+    // Two blocks are exactly one chunk: a frame from another encoder reads back.
+    const ok = await decode(rleFrame(2), sha, null);
+    expect(ok.failure).toBeNull();
+    expect(ok.out.equals(plain)).toBe(true);
+    // 20000 blocks would be 2.5 GiB: refused from the headers.
+    const bomb = await decode(rleFrame(20000), sha, null);
+    expect(bomb.failure).toMatchObject({ kind: 'decompress', message: containing('more than') });
+    expect((await decode(rleFrame(2, Buffer.from('junk')), sha, null)).failure).toMatchObject({ kind: 'decompress' });
+  });
+
+  it('hands buffers out and back, allocating only what is used', async () => {
+    const p = new BufferPool(2, 16);
+    expect(p.idle).toBe(2);
     const a = await p.take();
+    const b = await p.take();
+    expect(a.byteLength).toBe(16);
+    expect(p.idle).toBe(0);
     const waiting = p.take();
     p.give(a);
     expect(await waiting).toBe(a);
+    p.give(a);
+    p.give(b);
+    expect(p.idle).toBe(2);
+  });
+
+  it('a closed pool refuses new jobs and fails those in flight', async () => {
+    const p = new CodecPool(1);
+    const buf = new SharedArrayBuffer(8 * 1024 * 1024);
+    Buffer.from(buf).fill(1);
+    const inFlight = Array.from({ length: 8 }, () => p.hash(buf, buf.byteLength).then(() => 'done', (e: Error) => e.message));
+    await p.close();
+    const outcomes = await Promise.all(inFlight);
+    expect(outcomes.every((o) => o === 'done' || o === 'codec pool closed')).toBe(true);
+    expect(outcomes).toContain('codec pool closed');
+    await expect(p.hash(buf, 16)).rejects.toThrow('codec pool closed');
+  });
+
+  it('shares one pool per process, and replaces it once it failed', async () => {
+    const a = sharedCodecPool();
+    expect(sharedCodecPool()).toBe(a);
+    await a.close();
+    const b = sharedCodecPool();
+    expect(b).not.toBe(a);
+    expect(b.usable).toBe(true);
+    const buf = new SharedArrayBuffer(64);
+    expect((await b.hash(buf, 64)).zero).toBe(true);
   });
 });
 

@@ -9,13 +9,13 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { WorkflowHandle } from '@temporalio/client';
-import type { BackupResult, Progress, RestoreResult } from '../src/api.js';
+import type { BackupResult, RestoreResult } from '../src/api.js';
 import { formatBytes, MiB } from '../src/size.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { startMinio, type Minio } from './helpers/minio.js';
 import { findStoreLeaks, NO_STORE_LEAKS } from './helpers/objects.js';
+import { progress, waitFor } from './helpers/wait.js';
 import { workerProcess, type WorkerProcess } from './helpers/worker-process.js';
 
 let minio: Minio;
@@ -51,16 +51,6 @@ afterAll(async () => {
   await minio?.stop();
 });
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 60_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
-const progress = (h: WorkflowHandle) => h.query<Progress>('progress');
 
 describe('object copies across a worker crash', () => {
   it('a backup killed mid-upload resumes, re-reading only what was not stored, and a restore killed mid-download resumes too', async () => {

@@ -82,6 +82,21 @@ afterAll(async () => {
   await minio?.stop();
 });
 
+/** Another deployment: its own, empty catalog, over this world's posix target directory. */
+function freshCatalogOverShelf(): Promise<TestEnv> {
+  return makeEnv({
+    workers: false,
+    yaml: (d, taskQueue, address) => `
+temporal: { address: ${address}, namespace: default, taskQueue: ${taskQueue} }
+stateDir: ${d}/state
+backends:
+  - { name: gamma, driver: file, path: ${d}/gamma }
+targets:
+  - { name: shelf, driver: posix, path: ${env.dir}/objects }
+`,
+  });
+}
+
 const newId = (p: string) => `${p}-${randomBytes(4).toString('hex')}`;
 
 async function backup(e: TestEnv, volumeId: string, target: string, incremental = false): Promise<BackupView> {
@@ -299,17 +314,7 @@ describe('object backups between catalogs', () => {
     await scribble(env, src.id, 5, 4096);
     const inc = await backup(env, src.id, 'shelf', true);
     // A fresh catalog over the same posix directory.
-    const fresh = await makeEnv({
-      workers: false,
-      yaml: (d, taskQueue, address) => `
-temporal: { address: ${address}, namespace: default, taskQueue: ${taskQueue} }
-stateDir: ${d}/state
-backends:
-  - { name: gamma, driver: file, path: ${d}/gamma }
-targets:
-  - { name: shelf, driver: posix, path: ${env.dir}/objects }
-`,
-    });
+    const fresh = await freshCatalogOverShelf();
     try {
       const { rebuildCatalog } = await import('../src/rebuild.js');
       const r = await rebuildCatalog(fresh.rt);
@@ -391,17 +396,7 @@ describe('gbackup CLI with object targets', () => {
     expect(exp1.json).toMatchObject({ backupId: first.json.id, target: 'shelf' });
     expect(exp2.stdout.trim()).toMatch(/^[A-Za-z0-9_-]+$/);
 
-    const fresh = await makeEnv({
-      workers: false,
-      yaml: (d, taskQueue, address) => `
-temporal: { address: ${address}, namespace: default, taskQueue: ${taskQueue} }
-stateDir: ${d}/state
-backends:
-  - { name: gamma, driver: file, path: ${d}/gamma }
-targets:
-  - { name: shelf, driver: posix, path: ${env.dir}/objects }
-`,
-    });
+    const fresh = await freshCatalogOverShelf();
     try {
       const recFile = join(fresh.dir, 'first.json');
       writeFileSync(recFile, exp1.stdout);

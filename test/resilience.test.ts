@@ -12,8 +12,7 @@ import { open } from 'node:fs/promises';
 import { execa } from 'execa';
 import { listLoopDevices } from '../src/connectors/loop.js';
 import { killStrayCopies } from '../src/copy/dd.js';
-import type { WorkflowHandle } from '@temporalio/client';
-import type { BackupResult, Progress } from '../src/api.js';
+import type { BackupResult } from '../src/api.js';
 import { spreadIndex } from '../src/activities/control.js';
 import { LoopConnector } from '../src/connectors/loop.js';
 import { startDevServer } from '../src/devserver.js';
@@ -22,6 +21,7 @@ import { formatBytes, MiB } from '../src/size.js';
 import { startWorkers } from '../src/workers/worker.js';
 import { makeEnv, volumeWithData, yamlWith } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
+import { progress, waitFor } from './helpers/wait.js';
 import { workerProcess } from './helpers/worker-process.js';
 import { inject } from 'vitest';
 
@@ -32,17 +32,7 @@ afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!().catch(() => undefined);
 });
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 30_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
 
-const progress = (h: WorkflowHandle) => h.query<Progress>('progress');
 
 /** Offset of the first all-zero MiB of a file (its size if none). */
 async function firstZeroMiB(file: string): Promise<number> {

@@ -4,7 +4,7 @@
  * the SDK. `stop()` kills it and removes the directory; call it from afterAll so a failed
  * test leaves neither behind.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -25,6 +25,31 @@ export interface Minio {
   env: Record<string, string>;
   createBucket(name: string): Promise<void>;
   stop(): Promise<void>;
+}
+
+/**
+ * Runs `cleanup` (synchronous) if the process ends before the returned function is called:
+ * on exit, and on SIGINT/SIGTERM (then re-raised, so the process still dies of it), for
+ * what a test made that must not outlive a test run that is killed or crashes.
+ */
+export function cleanupOnExit(cleanup: () => void): () => void {
+  const onExit = () => {
+    remove();
+    cleanup();
+  };
+  const onSignal = (signal: NodeJS.Signals) => {
+    onExit();
+    process.kill(process.pid, signal);
+  };
+  const remove = () => {
+    process.removeListener('exit', onExit);
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+  };
+  process.once('exit', onExit);
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  return remove;
 }
 
 export function minioBinary(): string {
@@ -79,9 +104,16 @@ export async function startMinio(opts: { bucket?: string; baseDir?: string } = {
   const endpoint = `http://127.0.0.1:${port}`;
   const client = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId, secretAccessKey } });
   let stopped = false;
+  // Should the test process end without afterAll (killed, crashed, process.exit), neither the
+  // server nor its data outlive it.
+  const forget = cleanupOnExit(() => {
+    proc.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
   const stop = async () => {
     if (stopped) return;
     stopped = true;
+    forget();
     client.destroy();
     if (proc.exitCode === null) {
       proc.kill('SIGTERM');

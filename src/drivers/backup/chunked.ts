@@ -3,7 +3,7 @@
  * Plain TypeScript for the node activities to call (no Temporal here); the format is in
  * format.ts, the bytes of a chunk object in codec.ts, the stores in store.ts.
  *
- * Data path of a backup, per chunk, with at most `2 x concurrency` chunks in flight and
+ * Data path of a backup, per chunk, with at most `concurrency + 4` chunks in flight and
  * `concurrency` uploads at once, so memory is fixed by the chunk size, never the volume:
  *
  *   read (main thread, positional) -> zero check + sha256 (+ zstd + AES-GCM) in a codec
@@ -21,7 +21,7 @@ import { idSchema } from '../../api.js';
 import { parseSeekTable, type Extent } from '../../copy/extents.js';
 import type { Throttle } from '../../copy/throttle.js';
 import type { Compression, ObjectTarget } from './config.js';
-import { BufferPool, CHUNK_OVERHEAD, chunkSpace, CodecPool, dataKey, keyFingerprint, loadKey, type EncodedChunk } from './codec.js';
+import { BufferPool, CHUNK_OVERHEAD, chunkSpace, dataKey, keyFingerprint, loadKey, sharedCodecPool, type ChunkBuffer, type CodecPool, type EncodedChunk } from './codec.js';
 import {
   BackupChainBroken,
   BackupCorrupt,
@@ -52,8 +52,12 @@ import {
 } from './format.js';
 import { closeStore, listAll, openStore, type ObjectStore } from './store.js';
 
-/** Uploads in flight: 4 saturated MinIO on loopback (PUTs are bound by the server's CPU); more only held memory. */
-export const DEFAULT_CONCURRENCY = 4;
+/**
+ * Uploads in flight. Against MinIO on loopback (2 cores, 1 GiB, bench/objects.ts) 6 was
+ * ~5% faster than 4 and as fast as 8; a remote store, with its longer round trips, gains
+ * more from it. Memory: (concurrency + 4) x 2 chunk buffers.
+ */
+export const DEFAULT_CONCURRENCY = 6;
 /** Downloads in flight: GETs of cold objects wait on the server's disk, so more of them overlap better. */
 export const DEFAULT_RESTORE_CONCURRENCY = 8;
 /** Source reads in flight at once. */
@@ -178,7 +182,7 @@ function abortError(signal: AbortSignal, what: string): Error {
   return signal.reason instanceof Error ? signal.reason : new Cancelled(`${what} cancelled`);
 }
 
-async function readFully(fh: FileHandle, buf: ArrayBuffer, len: number, position: number, source: string): Promise<void> {
+async function readFully(fh: FileHandle, buf: ChunkBuffer, len: number, position: number, source: string): Promise<void> {
   const view = new Uint8Array(buf, 0, len);
   let got = 0;
   while (got < len) {
@@ -411,9 +415,9 @@ export interface BackupToStoreOptions {
    * then come from that record, whatever this call asks, so a retry finishes what was begun.
    */
   startOffset?: number;
-  /** Uploads in flight (default 4); the pipeline holds at most twice this many chunks. */
+  /** Uploads in flight (default 6); the pipeline holds at most 4 more chunks than this. */
   concurrency?: number;
-  /** Codec threads to use; a caller may share one pool between backups. */
+  /** Codec threads to use (default: the process-wide sharedCodecPool()). */
   codec?: CodecPool;
   throttle?: Throttle;
   signal?: AbortSignal;
@@ -526,10 +530,12 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
   const resumedFrom = Math.min(size, Math.max(journalEnd, trustedEnd) * chunkSize);
 
   const mayHoldData = await chunksWithData(opts.extentsFrom ?? opts.source, size, chunkSize);
-  const ownCodec = opts.codec === undefined;
-  const codec = opts.codec ?? new CodecPool();
-  const window = 2 * concurrency;
-  const buffers = new BufferPool(window, chunkSize);
+  const codec = opts.codec ?? sharedCodecPool();
+  // Chunks being read or encoded, beyond those uploading or waiting to.
+  const window = concurrency + READ_AHEAD;
+  // A read buffer is held only while its chunk is read and encoded (the object waits for its
+  // upload in a space buffer), so a few more than the reads in flight keep the codec busy.
+  const buffers = new BufferPool(READ_AHEAD + 2, chunkSize);
   const spaces = new BufferPool(window, chunkSize + CHUNK_OVERHEAD);
   const inFlight = new Semaphore(window);
   const uploads = new Semaphore(concurrency);
@@ -610,10 +616,10 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
   };
 
   const encodeOpts = { compress: target.compression === 'zstd', key: sealKey };
-  /** A chunk's read buffer and the space its object is encoded into; both go back to their pools at the end. */
+  /** A chunk's read buffer and the space its object is encoded into; each goes back to its pool once nothing uses it. */
   interface Slot {
-    buf: ArrayBuffer | null;
-    space: ArrayBuffer | null;
+    buf: ChunkBuffer | null;
+    space: ChunkBuffer | null;
   }
   const processChunk = async (i: number, slot: Slot): Promise<void> => {
     const len = view.lengthOf(i);
@@ -621,23 +627,21 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
     try {
       if (i < trustedEnd || resuming) {
         const h = await codec.hash(slot.buf!, len);
-        slot.buf = h.buf;
         view.set(i, h.sha);
         if (i < trustedEnd || h.sha === null || (parentSha && parentSha.equals(h.sha))) return;
         const sha = h.sha;
         await upload(sha.toString('hex'), async () => {
-          const e = await codec.encode(slot.buf!, len, slot.space!, sha, encodeOpts);
-          slot.buf = e.buf;
-          slot.space = e.body.space;
-          return e.body;
+          const body = await codec.encode(slot.buf!, len, slot.space!, sha, encodeOpts);
+          buffers.give(slot.buf!);
+          slot.buf = null;
+          return body;
         });
         return;
       }
       const r = await codec.hashEncode(slot.buf!, len, slot.space!, parentSha, encodeOpts);
       // The read buffer is free as soon as the chunk is encoded; the object waits for its upload.
-      buffers.give(r.buf);
+      buffers.give(slot.buf!);
       slot.buf = null;
-      slot.space = r.space;
       view.set(i, r.sha);
       if (r.sha === null || r.body === null) return;
       const body = r.body;
@@ -692,7 +696,6 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
     }
   } finally {
     await fh?.close();
-    if (ownCodec) await codec.close();
   }
 
   const delta = view.deltaFrom(parentView);
@@ -743,10 +746,10 @@ function chunkError(kind: string, message: string, chunk: { offset: number; sha2
   return new ChunkCorrupt(text, chunk);
 }
 
-/** Buffers one chunk read needs: the decoded chunk and the object as fetched. */
+/** Buffers one chunk read needs: the decoded chunk (chunk size) and the object as fetched (chunk size + CHUNK_OVERHEAD). */
 interface ReadSlot {
-  out: ArrayBuffer;
-  body: ArrayBuffer;
+  out: ChunkBuffer;
+  body: ChunkBuffer;
 }
 
 /** Fetches and decodes one chunk into `slot.out`; throws a ChunkCorrupt naming it. Returns the bytes fetched. */
@@ -758,16 +761,17 @@ async function fetchChunk(
   sealKey: Buffer | null,
   backupId: string,
 ): Promise<number> {
-  let got: { buffer: ArrayBuffer; length: number };
+  let got: { buffer: ChunkBuffer; length: number };
   try {
-    got = await store.getInto(chunk.key, (n) => (n <= slot.body.byteLength ? slot.body : new ArrayBuffer(n)));
+    got = await store.getInto(chunk.key, (n) => {
+      // Nothing this chunk can encode to is larger: the object is not the chunk.
+      if (n > chunk.length + CHUNK_OVERHEAD || n > slot.body.byteLength) throw chunkError('length', `is ${n} bytes, more than a chunk of ${chunk.length} bytes encodes to`, chunk, backupId);
+      return slot.body;
+    });
   } catch (e) {
     throw e instanceof ObjectNotFound ? chunkError('missing', 'is missing from the store', chunk, backupId) : e;
   }
-  slot.body = got.buffer;
   const r = await codec.decode(got.buffer, got.length, slot.out, chunk.length, Buffer.from(chunk.sha256, 'hex'), sealKey);
-  slot.out = r.buf;
-  slot.body = r.body;
   if (r.failure) throw chunkError(r.failure.kind, r.failure.message, chunk, backupId);
   return got.length;
 }
@@ -789,6 +793,7 @@ export interface RestoreFromStoreOptions {
   /** The heartbeat's doneOffset of an earlier attempt. */
   startOffset?: number;
   concurrency?: number;
+  /** Codec threads to use (default: the process-wide sharedCodecPool()). */
   codec?: CodecPool;
   throttle?: Throttle;
   signal?: AbortSignal;
@@ -816,8 +821,7 @@ export async function restoreFromStore(opts: RestoreFromStoreOptions): Promise<R
   const resumedFrom = Math.min(size, startIdx * chunkSize);
 
   const fh = await open(opts.dest, 'r+');
-  const ownCodec = opts.codec === undefined;
-  const codec = opts.codec ?? new CodecPool();
+  const codec = opts.codec ?? sharedCodecPool();
   try {
     const destSize = await deviceSize(opts.dest, fh);
     if (destSize < size) throw new VolumeTooSmall(`${opts.dest} holds ${destSize} bytes; backup '${backupId}' needs ${size}`);
@@ -922,7 +926,6 @@ export async function restoreFromStore(opts: RestoreFromStoreOptions): Promise<R
     return { metadata: last, resumedFrom, bytesWritten, bytesFetched };
   } finally {
     await fh.close();
-    if (ownCodec) await codec.close();
   }
 }
 
@@ -945,8 +948,7 @@ export async function verifyBackup(opts: { target: ChunkedTarget; backupId: stri
   const last = chain[chain.length - 1]!;
   const view = ChunkView.ofChain(chain);
   const concurrency = Math.max(1, opts.concurrency ?? DEFAULT_RESTORE_CONCURRENCY);
-  const ownCodec = opts.codec === undefined;
-  const codec = opts.codec ?? new CodecPool();
+  const codec = opts.codec ?? sharedCodecPool();
   const buffers = new BufferPool(concurrency, view.chunkSize);
   const bodies = new BufferPool(concurrency, view.chunkSize + CHUNK_OVERHEAD);
   const failures: BackupCorrupt['failures'] = [];
@@ -954,29 +956,25 @@ export async function verifyBackup(opts: { target: ChunkedTarget; backupId: stri
   let bytes = 0;
   // Identical chunks at several offsets are one object: read it once.
   const checked = new Set<string>();
-  try {
-    await forEachLimited(concurrency, view.count, async (i) => {
-      if (opts.signal?.aborted) throw abortError(opts.signal, `verify of '${backupId}'`);
-      const hex = view.hexAt(i);
-      if (hex === null || checked.has(hex)) return;
-      checked.add(hex);
-      const chunk = { offset: i * view.chunkSize, length: view.lengthOf(i), sha256: hex, key: keys.chunk(last.chunkSpace, hex) };
-      const slot: ReadSlot = { out: await buffers.take(), body: await bodies.take() };
-      try {
-        await fetchChunk(store, codec, slot, chunk, sealKey, backupId);
-        chunks++;
-        bytes += chunk.length;
-      } catch (e) {
-        if (!(e instanceof ChunkCorrupt)) throw e;
-        failures.push({ offset: chunk.offset, sha256: hex, key: chunk.key, reason: e.message });
-      } finally {
-        buffers.give(slot.out);
-        bodies.give(slot.body);
-      }
-    });
-  } finally {
-    if (ownCodec) await codec.close();
-  }
+  await forEachLimited(concurrency, view.count, async (i) => {
+    if (opts.signal?.aborted) throw abortError(opts.signal, `verify of '${backupId}'`);
+    const hex = view.hexAt(i);
+    if (hex === null || checked.has(hex)) return;
+    checked.add(hex);
+    const chunk = { offset: i * view.chunkSize, length: view.lengthOf(i), sha256: hex, key: keys.chunk(last.chunkSpace, hex) };
+    const slot: ReadSlot = { out: await buffers.take(), body: await bodies.take() };
+    try {
+      await fetchChunk(store, codec, slot, chunk, sealKey, backupId);
+      chunks++;
+      bytes += chunk.length;
+    } catch (e) {
+      if (!(e instanceof ChunkCorrupt)) throw e;
+      failures.push({ offset: chunk.offset, sha256: hex, key: chunk.key, reason: e.message });
+    } finally {
+      buffers.give(slot.out);
+      bodies.give(slot.body);
+    }
+  });
   if (failures.length > 0) {
     failures.sort((a, b) => a.offset - b.offset);
     const named = failures

@@ -27,10 +27,11 @@ export interface ObjectStore {
   /** Throws ObjectNotFound when there is no such object. */
   get(key: string): Promise<Buffer>;
   /**
-   * Like get, into a buffer from `alloc(length)` (a pool's, when the object fits): the data
-   * path reads every chunk this way, so no chunk costs a fresh allocation.
+   * Like get, into the buffer `alloc(length)` returns (a pool's): the data path reads every
+   * chunk this way, so no chunk costs a fresh allocation. `alloc` may throw to refuse an
+   * object of that length (the read is then abandoned and the error thrown).
    */
-  getInto(key: string, alloc: (length: number) => ArrayBuffer): Promise<{ buffer: ArrayBuffer; length: number }>;
+  getInto<B extends ArrayBufferLike>(key: string, alloc: (length: number) => B): Promise<{ buffer: B; length: number }>;
   exists(key: string): Promise<boolean>;
   /** Idempotent: deleting a missing object is success. */
   delete(key: string): Promise<void>;
@@ -122,7 +123,7 @@ export class PosixStore implements ObjectStore {
     }
   }
 
-  async getInto(key: string, alloc: (length: number) => ArrayBuffer): Promise<{ buffer: ArrayBuffer; length: number }> {
+  async getInto<B extends ArrayBufferLike>(key: string, alloc: (length: number) => B): Promise<{ buffer: B; length: number }> {
     let fh;
     try {
       fh = await open(this.path(key), 'r');
@@ -301,6 +302,10 @@ export class S3Store implements ObjectStore {
       // GCM tag; a CRC32 per request on top would cost CPU for no new guarantee.
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
+      // With `Expect: 100-continue` (the SDK's default for every PUT with a body) the SDK
+      // sends each PUT on a new, unpooled connection and waits a round trip before the body:
+      // a TCP connect per chunk. A chunk is small enough to simply send.
+      expectContinueHeader: false,
       requestHandler: { requestTimeout: 120_000, httpAgent: { keepAlive: true, maxSockets: opts.maxSockets ?? 32 }, httpsAgent: { keepAlive: true, maxSockets: opts.maxSockets ?? 32 } },
     });
   }
@@ -344,13 +349,21 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  async getInto(key: string, alloc: (length: number) => ArrayBuffer): Promise<{ buffer: ArrayBuffer; length: number }> {
+  async getInto<B extends ArrayBufferLike>(key: string, alloc: (length: number) => B): Promise<{ buffer: B; length: number }> {
     try {
       const r = await this.client.send(new GetObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key) }));
       if (!r.Body) throw new ObjectNotFound(`object '${key}' in ${this.location} has no body`, key);
       if (r.Body instanceof Readable && r.ContentLength !== undefined) {
-        const buffer = alloc(r.ContentLength);
-        await readExactly(r.Body, Buffer.from(buffer, 0, r.ContentLength), key);
+        const body = r.Body;
+        let buffer: B;
+        try {
+          buffer = alloc(r.ContentLength);
+        } catch (e) {
+          // Refused: the connection is not worth draining an unwanted body for.
+          body.destroy();
+          throw e;
+        }
+        await readExactly(body, Buffer.from(buffer, 0, r.ContentLength), key);
         return { buffer, length: r.ContentLength };
       }
       const bytes = await r.Body.transformToByteArray();
