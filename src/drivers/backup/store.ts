@@ -293,6 +293,10 @@ export class S3Store implements ObjectStore {
   constructor(private readonly opts: S3StoreOptions) {
     this.prefix = opts.prefix === '' || opts.prefix.endsWith('/') ? opts.prefix : `${opts.prefix}/`;
     this.location = `s3://${opts.bucket}/${this.prefix}`;
+    // Under Node 20 the SDK warns, once per process, that releases after January 2027 need
+    // Node 22. The release the lockfile pins runs on Node 20, and the notice would otherwise
+    // land on stderr of every CLI command that touches S3. Set the variable to 'false' to see it.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     this.client = new S3Client({
       ...(opts.endpoint !== undefined ? { endpoint: opts.endpoint } : {}),
       region: opts.region,
