@@ -34,7 +34,9 @@ stateDir: ${dir}/state
 backends:
   - { name: alpha, driver: file, path: ${dir}/alpha }
   - { name: gamma, driver: file, path: ${dir}/gamma }
+  - { name: beta,  driver: file, path: ${dir}/beta }
 targets:
+  - { name: vault, driver: volume, backend: beta }
   - { name: bucket, driver: s3, endpoint: ${minio.endpoint}, bucket: ${minio.bucket}, prefix: resume, forcePathStyle: true, credentialsFile: ${dir}/s3.json }
 timeouts: { heartbeat: 3, scheduleToStart: 5, reconcileEvery: 2 }
 copyBpsLimit: 8M
@@ -127,5 +129,46 @@ describe('object copies across a worker crash', () => {
     expect(keys.filter((k) => k.includes(backupId) || k.includes(failedId))).toEqual([]);
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
     expect(await findStoreLeaks(store)).toEqual(NO_STORE_LEAKS);
+  });
+
+  it('a backup or restore whose workflow is terminated (no compensation runs) is cleaned up by the control worker: nothing stays attached, stored or stuck', async () => {
+    const store = (await env.rt.objectTarget('bucket')).store;
+    const vol = await volumeWithData(env, 'alpha', undefined, 64, [0, 16, 32, 48], 16 * MiB);
+    const terminated: string[] = [];
+    for (const target of ['bucket', 'vault']) {
+      const backupId = `bak-${randomBytes(4).toString('hex')}`;
+      const h = await env.client.startBackup({ volumeId: vol.id, backupId, target }, { target, backend: 'alpha' });
+      await waitFor(`part of the copy to ${target}`, async () => ((await progress(h)).bytesDone >= 8 * MiB ? true : undefined));
+      await h.terminate('test: an operator terminates the workflow');
+      terminated.push(backupId);
+      const b = await waitFor(`the sweep to end backup ${backupId}`, async () => {
+        const r = env.rt.catalog.backup(backupId);
+        return r.status === 'error' ? r : undefined;
+      });
+      expect(b.error).toMatch(/abandoned: workflow backup-volume-.* ended without finishing/);
+      expect(env.rt.catalog.volume(vol.id).status).toBe('available');
+    }
+
+    const good = `bak-${randomBytes(4).toString('hex')}`;
+    await env.client.result(await env.client.startBackup({ volumeId: vol.id, backupId: good, target: 'bucket' }, { target: 'bucket', backend: 'alpha' }));
+    const newVolumeId = `vol-${randomBytes(4).toString('hex')}`;
+    const r = await env.client.startRestore({ backupId: good, backend: 'gamma', newVolumeId });
+    await waitFor('part of the restore', async () => ((await progress(r)).bytesDone >= 8 * MiB ? true : undefined));
+    await r.terminate('test: an operator terminates the workflow');
+    const v = await waitFor('the sweep to end the restore', async () => {
+      const x = env.rt.catalog.volume(newVolumeId);
+      return x.status === 'error' ? x : undefined;
+    });
+    expect(v.error).toMatch(/restore workflow restore-backup-.* ended without finishing/);
+    await waitFor('the backup to be available again', async () => env.rt.catalog.backup(good).status === 'available');
+    await env.volumes.delete(newVolumeId);
+
+    // The node's ledger reconcile detaches what the terminated workflows attached.
+    await waitFor('no leaks', async () => JSON.stringify(await findLeaks(env)) === JSON.stringify(NO_LEAKS));
+    expect(await findLeaks(env)).toEqual(NO_LEAKS);
+    expect(await findStoreLeaks(store)).toEqual(NO_STORE_LEAKS);
+    const keys: string[] = [];
+    for await (const k of store.list('backups/')) keys.push(k);
+    expect(keys.filter((k) => terminated.some((id) => k.includes(id)))).toEqual([]);
   });
 });

@@ -404,7 +404,8 @@ export function createControlActivities(rt: Runtime) {
     async beginDeleteBackup(input: { backupId: string }): Promise<{ location: Loc | null; objectTarget?: string }> {
       const c = cat();
       const b = c.backup(input.backupId);
-      if (b.status === 'deleting') return { location: b.location, ...(b.location === null && rt.isObjectTarget(b.target) ? { objectTarget: b.target } : {}) };
+      const object = b.location === null && rt.isObjectTarget(b.target) ? { objectTarget: b.target } : {};
+      if (b.status === 'deleting') return { location: b.location, ...object };
       if (b.status === 'restoring') throw new InvalidStatus(`backup '${b.id}' is being restored; it can be deleted when the restore ends`);
       if (b.status === 'creating') throw new InvalidStatus(`backup '${b.id}' is still being created; cancel it with 'gbackup backup cancel ${b.id}'`);
       // As in Cinder: a backup that incrementals build on goes last.
@@ -412,11 +413,13 @@ export function createControlActivities(rt: Runtime) {
       if (dependents.length > 0) {
         throw new BackupHasDependents(`backup '${b.id}' cannot be deleted: backup${dependents.length > 1 ? 's' : ''} ${dependents.join(', ')} ${dependents.length > 1 ? 'are incrementals' : 'is an incremental'} on top of it; delete ${dependents.length > 1 ? 'them' : 'it'} first`);
       }
-      // A backup being made of the same volume may choose this one as its parent.
-      const running = c.listBackups(b.volumeId).filter((x) => x.id !== b.id && x.target === b.target && x.status === 'creating' && b.location === null);
-      if (running.length > 0) throw new InvalidStatus(`backup '${b.id}' cannot be deleted while backup '${running[0]!.id}' of the same volume is being made on target '${b.target}' (it may build on it)`);
+      if (object.objectTarget !== undefined) {
+        // A backup being made of the same volume may choose this one as its parent.
+        const running = c.listBackups(b.volumeId).find((x) => x.id !== b.id && x.target === b.target && x.status === 'creating');
+        if (running) throw new InvalidStatus(`backup '${b.id}' cannot be deleted while backup '${running.id}' of the same volume is being made on target '${b.target}' (it may build on it)`);
+      }
       c.transitionBackup(b.id, ['available', 'error'], 'deleting');
-      return { location: b.location, ...(b.location === null && rt.isObjectTarget(b.target) ? { objectTarget: b.target } : {}) };
+      return { location: b.location, ...object };
     },
 
     async finishDeleteBackup(input: { backupId: string }): Promise<void> {

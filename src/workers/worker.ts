@@ -18,6 +18,7 @@ import { Throttle } from '../copy/throttle.js';
 import { AttachmentLedger } from '../node/ledger.js';
 import { reconcileLedger } from '../node/reconcile.js';
 import { Runtime } from '../runtime.js';
+import { sweepAbandoned } from '../abandoned.js';
 import { keepAlive } from './keepalive.js';
 
 /** The workflows directory, as .ts under vitest/tsx and as .js when built. */
@@ -84,6 +85,15 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
     void settled.then(() => inFlight.delete(settled));
     return p;
   };
+  /** Only a workflow the server does not know, or reports closed, is certainly not running. */
+  const isRunning = async (workflowId: string): Promise<boolean> => {
+    try {
+      const d = await client.workflow.getHandle(workflowId).describe();
+      return d.status.name === 'RUNNING';
+    } catch (e) {
+      return (e as Error).name !== 'WorkflowNotFoundError';
+    }
+  };
   let ledger: AttachmentLedger | undefined;
   let reconcileTimer: NodeJS.Timeout | undefined;
   let sweepTimer: NodeJS.Timeout | undefined;
@@ -104,10 +114,19 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
           maxHeartbeatThrottleInterval: '1 second',
         }),
       );
+      let sweeping = false;
       sweepTimer = setInterval(() => {
-        sweepTempSnapshots(runtime)
+        if (sweeping) return;
+        sweeping = true;
+        // Operations of workflows that ended unfinished (terminated, timed out) first: that
+        // ends their backups, so the same pass can remove their temporary snapshots.
+        void sweepAbandoned(runtime, { isRunning })
+          .then((cleaned) => cleaned.forEach((m) => log(`gbackup: ${m}`)))
+          .catch((e: unknown) => log(`gbackup: sweep of abandoned operations failed: ${String(e)}`))
+          .then(() => sweepTempSnapshots(runtime))
           .then((removed) => removed.forEach((id) => log(`gbackup: removed temporary snapshot ${id} left by a finished backup`)))
-          .catch((e: unknown) => log(`gbackup: snapshot sweep failed: ${String(e)}`));
+          .catch((e: unknown) => log(`gbackup: snapshot sweep failed: ${String(e)}`))
+          .finally(() => (sweeping = false));
       }, config.timeouts.reconcileEvery * 1000);
     }
     if (roles.node) {
@@ -118,15 +137,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
         const cleaned = await reconcileLedger({
           ledger: nodeLedger,
           connector,
-          isRunning: async (workflowId) => {
-            try {
-              const d = await client.workflow.getHandle(workflowId).describe();
-              return d.status.name === 'RUNNING';
-            } catch (e) {
-              // Only a workflow the server does not know is certainly not running.
-              return (e as Error).name !== 'WorkflowNotFoundError';
-            }
-          },
+          isRunning,
         });
         for (const c of cleaned) log(`gbackup node ${node}: reconciled ${c.path} (workflow ${c.workflowId} no longer running): detached ${c.detached.join(', ') || 'nothing attached'}`);
       };

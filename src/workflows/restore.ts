@@ -52,53 +52,43 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
         dataTouched = true;
         await ctl.clearBackendVolume({ loc: plan.dest });
       }
-      try {
-        const r = await runOnAttached({
-          volume: plan.dest,
-          readOnly: false,
-          key: plan.volumeId,
-          tracker,
-          acts: activities(plan.timeouts),
-          onCopyStart: () => (dataTouched = true),
-          run: (node, connection) =>
-            node.copy.restoreFromObjects({ dest: connection, target: objectTarget, backupId: plan.backupId, size: plan.size, destIsZero: true, bpsLimit: tracker.currentLimit() }),
-        });
-        tracker.state.lastCopy = { resumedFrom: r.resumedFrom, bytesCopied: r.bytesWritten, storedBytes: r.bytesFetched, node: r.node };
-        tracker.state.bytesDone = plan.size;
-      } catch (err) {
-        // A damaged backup: the volume stays, in error, naming the chunk (Cinder's error_restoring).
-        keepVolume = isDamagedBackup(err);
-        throw err;
-      }
-      tracker.phase('finalizing');
-      const volume = await ctl.finalizeRestore({ backupId: plan.backupId, volumeId: plan.volumeId });
-      tracker.phase('done');
-      tracker.status('available');
-      return { volume, backupId: plan.backupId };
-    }
-    const source = plan.source!;
-    tracker.phase('storage-assisted copy');
-    // A clone replaces the destination's contents whole: from here on an existing volume is touched.
-    dataTouched = !plan.createdVolume;
-    const assisted = await ctl.storageAssistedCopy({ source, dest: plan.dest, size: plan.size });
-    if (!assisted.assisted) {
-      if (plan.createdVolume) {
-        tracker.phase('creating volume');
-        await ctl.createBackendVolume({ loc: plan.dest, size: plan.size });
-      } else {
-        // The old contents must not shine through where the backup has holes.
-        await ctl.clearBackendVolume({ loc: plan.dest });
-      }
-      await runDataPath({
-        source,
-        dest: plan.dest,
-        size: plan.size,
-        sparse: true,
+      const r = await runOnAttached({
+        volume: plan.dest,
+        readOnly: false,
         key: plan.volumeId,
         tracker,
         acts: activities(plan.timeouts),
         onCopyStart: () => (dataTouched = true),
+        run: (node, connection) =>
+          node.copy.restoreFromObjects({ dest: connection, target: objectTarget, backupId: plan.backupId, size: plan.size, destIsZero: true, bpsLimit: tracker.currentLimit() }),
       });
+      tracker.state.lastCopy = { resumedFrom: r.resumedFrom, bytesCopied: r.bytesWritten, storedBytes: r.bytesFetched, node: r.node };
+      tracker.state.bytesDone = plan.size;
+    } else {
+      const source = plan.source!;
+      tracker.phase('storage-assisted copy');
+      // A clone replaces the destination's contents whole: from here on an existing volume is touched.
+      dataTouched = !plan.createdVolume;
+      const assisted = await ctl.storageAssistedCopy({ source, dest: plan.dest, size: plan.size });
+      if (!assisted.assisted) {
+        if (plan.createdVolume) {
+          tracker.phase('creating volume');
+          await ctl.createBackendVolume({ loc: plan.dest, size: plan.size });
+        } else {
+          // The old contents must not shine through where the backup has holes.
+          await ctl.clearBackendVolume({ loc: plan.dest });
+        }
+        await runDataPath({
+          source,
+          dest: plan.dest,
+          size: plan.size,
+          sparse: true,
+          key: plan.volumeId,
+          tracker,
+          acts: activities(plan.timeouts),
+          onCopyStart: () => (dataTouched = true),
+        });
+      }
     }
 
     tracker.phase('finalizing');
@@ -108,6 +98,8 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
     return { volume, backupId: plan.backupId };
   } catch (err) {
     reason = failureReason(err);
+    // A damaged backup (object targets): the volume stays, in error, naming the chunk (Cinder's error_restoring).
+    keepVolume = isDamagedBackup(err);
     tracker.phase(`failed: ${reason}`);
     await saga.unwind();
     tracker.status('error');

@@ -1,0 +1,72 @@
+/**
+ * Operations whose workflow ended without finishing: terminated from the UI, or timed
+ * out. Compensations never ran for them, so the control worker does their work: a
+ * backup left `creating` becomes `error` and what it stored is removed; its source
+ * volume gets its status back; a volume a restore left `restoring-backup` goes to
+ * `error` (its data is incomplete); a backup left `restoring` by such a restore becomes
+ * `available` again. Only workflows the server reports as not running count, and
+ * nothing still attached on this host is deleted (the node's ledger reconcile detaches
+ * it first; the next sweep finishes).
+ */
+import { listLoopDevices } from './connectors/loop.js';
+import { deleteBackup } from './drivers/backup/chunked.js';
+import type { Runtime } from './runtime.js';
+
+export interface SweepDeps {
+  /** False only when the server says the workflow is not running (unknown: true). */
+  isRunning(workflowId: string): Promise<boolean>;
+  /** Backing files of this host's loop devices. */
+  attachedFiles?(): Promise<Set<string>>;
+}
+
+export async function sweepAbandoned(rt: Runtime, deps: SweepDeps): Promise<string[]> {
+  const c = rt.catalog;
+  const done: string[] = [];
+  const attached = await (deps.attachedFiles ?? (async () => new Set((await listLoopDevices()).map((d) => d.backingFile))))();
+
+  for (const b of c.listBackups()) {
+    if (b.status !== 'creating' || b.workflowId === null || (await deps.isRunning(b.workflowId))) continue;
+    const wf = b.workflowId;
+    if (b.location) {
+      const driver = rt.driver(b.location.backend);
+      if (attached.has(driver.initializeConnection(b.location).path)) continue;
+      await driver.deleteVolume(b.location);
+      await driver.deleteRecord(b.location);
+    } else if (rt.isObjectTarget(b.target)) {
+      await deleteBackup({ target: await rt.objectTarget(b.target), backupId: b.id });
+    }
+    c.tx(() => {
+      c.transitionBackup(b.id, ['creating'], 'error', { error: `abandoned: workflow ${wf} ended without finishing (terminated or timed out); what it stored was removed` });
+      const v = c.findVolume(b.volumeId);
+      if (v && v.status === 'backing-up' && c.volumeOwner(v.id) === wf) c.transitionVolume(v.id, ['backing-up'], b.sourcePreviousStatus ?? 'available');
+    });
+    done.push(`backup ${b.id} of abandoned workflow ${wf}: error, its data removed`);
+  }
+
+  for (const v of c.listVolumes()) {
+    if (v.status !== 'restoring-backup' && v.status !== 'backing-up') continue;
+    const owner = c.volumeOwner(v.id);
+    if (owner === null || (await deps.isRunning(owner))) continue;
+    if (v.status === 'backing-up') {
+      // Its backup row was handled above; a claim without one goes back as it was.
+      c.tx(() => c.transitionVolume(v.id, ['backing-up'], c.volumePreviousStatus(v.id) ?? 'available'));
+      done.push(`volume ${v.id}: back from 'backing-up' (workflow ${owner} ended)`);
+      continue;
+    }
+    if (attached.has(rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }).path)) continue;
+    c.transitionVolume(v.id, ['restoring-backup'], 'error', { error: `restore workflow ${owner} ended without finishing (terminated or timed out); the volume's data is incomplete` });
+    done.push(`volume ${v.id}: error, its restore workflow ${owner} ended without finishing`);
+  }
+
+  // A backup is `restoring` exactly while a volume is `restoring-backup` (the two change in
+  // one transaction); with no such volume left, no restore holds it.
+  c.tx(() => {
+    if (c.listVolumes().some((v) => v.status === 'restoring-backup')) return;
+    for (const b of c.listBackups()) {
+      if (b.status !== 'restoring') continue;
+      c.transitionBackup(b.id, ['restoring'], 'available');
+      done.push(`backup ${b.id}: available again (no restore holds it)`);
+    }
+  });
+  return done;
+}
