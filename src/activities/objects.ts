@@ -4,9 +4,7 @@
  * task queue; every control worker reads the same credentials and key files.
  */
 import { Context } from '@temporalio/activity';
-import { keyFingerprint } from '../drivers/backup/codec.js';
-import { deleteBackup, loadChain, verifyBackup, type ChunkedTarget, type VerifyResult } from '../drivers/backup/chunked.js';
-import { MissingKey, WrongKey } from '../drivers/backup/errors.js';
+import { deleteBackup, openChain, verifyBackup, type ChunkedTarget, type VerifyResult } from '../drivers/backup/chunked.js';
 import { InvalidInput, InvalidStatus } from '../errors.js';
 import type { Runtime } from '../runtime.js';
 
@@ -16,21 +14,7 @@ import type { Runtime } from '../runtime.js';
  * or is not the key it was written with.
  */
 export async function checkReadable(target: ChunkedTarget, backupId: string): Promise<void> {
-  const chain = await loadChain(target.store, backupId);
-  const encrypted = chain.filter((m) => m.encryption !== null);
-  if (encrypted.length === 0) return;
-  const fp = encrypted[0]!.encryption!.keyFingerprint;
-  if (!target.encrypts) {
-    throw new MissingKey(`backup '${backupId}' is encrypted (key fingerprint ${fp.slice(0, 16)}…) but target '${target.name}' has no encryption key configured`);
-  }
-  const mine = keyFingerprint((await target.key())!);
-  const other = encrypted.find((m) => m.encryption!.keyFingerprint !== mine);
-  if (other) {
-    throw new WrongKey(
-      `backup '${other.backupId}' was encrypted with the key of fingerprint ${other.encryption!.keyFingerprint.slice(0, 16)}…; ` +
-        `target '${target.name}' is configured with the key of fingerprint ${mine.slice(0, 16)}…`,
-    );
-  }
+  await openChain(target, backupId);
 }
 
 export function createObjectActivities(rt: Runtime) {

@@ -377,6 +377,17 @@ async function keyForChain(target: ChunkedTarget, chain: BackupMetadata[]): Prom
   return key;
 }
 
+/**
+ * What reading a backup needs: its chain (root first) all in the store, the key checked
+ * against every fingerprint, and the view of the volume the chain describes. Throws
+ * BackupNotFound, BackupChainBroken, MissingKey or WrongKey before any chunk is read.
+ */
+export async function openChain(target: ChunkedTarget, backupId: string): Promise<{ chain: BackupMetadata[]; sealKey: Buffer | null; last: BackupMetadata; view: ChunkView }> {
+  const chain = await loadChain(target.store, backupId);
+  const key = await keyForChain(target, chain);
+  return { chain, sealKey: key ? dataKey(key) : null, last: chain[chain.length - 1]!, view: ChunkView.ofChain(chain) };
+}
+
 // ---------------------------------------------------------------------------------------
 // Backup
 
@@ -810,11 +821,7 @@ export interface RestoreFromStoreResult {
 export async function restoreFromStore(opts: RestoreFromStoreOptions): Promise<RestoreFromStoreResult> {
   const { target, backupId } = opts;
   const store = target.store;
-  const chain = await loadChain(store, backupId);
-  const key = await keyForChain(target, chain);
-  const sealKey = key ? dataKey(key) : null;
-  const last = chain[chain.length - 1]!;
-  const view = ChunkView.ofChain(chain);
+  const { sealKey, last, view } = await openChain(target, backupId);
   const { size, chunkSize, count } = view;
   const concurrency = Math.max(1, opts.concurrency ?? DEFAULT_RESTORE_CONCURRENCY);
   const startIdx = Math.min(count, Math.floor((opts.startOffset ?? 0) / chunkSize));
@@ -942,11 +949,7 @@ export interface VerifyResult {
 export async function verifyBackup(opts: { target: ChunkedTarget; backupId: string; concurrency?: number; codec?: CodecPool; signal?: AbortSignal }): Promise<VerifyResult> {
   const { target, backupId } = opts;
   const store = target.store;
-  const chain = await loadChain(store, backupId);
-  const key = await keyForChain(target, chain);
-  const sealKey = key ? dataKey(key) : null;
-  const last = chain[chain.length - 1]!;
-  const view = ChunkView.ofChain(chain);
+  const { sealKey, last, view } = await openChain(target, backupId);
   const concurrency = Math.max(1, opts.concurrency ?? DEFAULT_RESTORE_CONCURRENCY);
   const codec = opts.codec ?? sharedCodecPool();
   const buffers = new BufferPool(concurrency, view.chunkSize);
