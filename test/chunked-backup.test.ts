@@ -95,6 +95,9 @@ class SpyStore implements ObjectStore {
   exists(key: string) {
     return this.inner.exists(key);
   }
+  sizeOf(key: string) {
+    return this.inner.sizeOf(key);
+  }
   delete(key: string) {
     return this.inner.delete(key);
   }
@@ -389,6 +392,38 @@ describe.each(['posix', 's3'] as const)('chunked backups on %s', (kind) => {
     expect(await restoreSha(target, 'b1', `${kind}-resume-r.img`)).toBe(sum);
     // Running it again is a no-op.
     expect((await backupToStore({ target, backupId: 'b1', volumeId: 'v', source: vol, size: SIZE, codec })).alreadyComplete).toBe(true);
+  });
+
+  it('counts every stored byte exactly once when a crash lost the journal, without uploading anything again', async () => {
+    const vol = await makeVolume(`${kind}-nojournal.img`, SIZE, () => randomBytes(CS));
+    const sum = await sha256File(vol);
+    const { target, spy } = await openTarget(kind);
+    const ac = new AbortController();
+    let last: BackupProgress | null = null;
+    await backupToStore({
+      target,
+      backupId: 'b1',
+      volumeId: 'v',
+      source: vol,
+      size: SIZE,
+      concurrency: 2,
+      codec,
+      signal: ac.signal,
+      onProgress: (p) => {
+        last = p;
+        if (p.bytesStored >= 10 * CS) ac.abort();
+      },
+    }).catch(() => undefined);
+    const firstPuts = spy.puts;
+    // As if the worker died before any journal record reached the store: only the heartbeat's offset survives.
+    for (const k of await listAll(target.store, keys.journalPrefix('b1'))) await target.store.delete(k);
+    const r = await backupToStore({ target, backupId: 'b1', volumeId: 'v', source: vol, size: SIZE, startOffset: last!.doneOffset, codec });
+    expect(r.resumedFrom).toBe(last!.doneOffset);
+    expect(spy.puts).toBe(24);
+    expect(r.chunksStored).toBe(24 - firstPuts);
+    expect(r.metadata.stats.storedBytes).toBe(spy.putBytes);
+    expect(r.metadata.stats.storedBytes).toBe(24 * (CS + 5));
+    expect(await restoreSha(target, 'b1', `${kind}-nojournal-r.img`)).toBe(sum);
   });
 
   it('resumes after a crash that left no journal: the listing finds what was stored', async () => {

@@ -526,8 +526,12 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
   // What earlier attempts recorded: a contiguous prefix of chunks, hashed and stored.
   let journalEnd = 0;
   let storedBefore = 0;
+  /** Object size of every new chunk this backup stored, by sha256, over all attempts. */
+  const sizes = new Map<string, number>();
+  let unjournaled: [string, number][] = [];
   if (resuming) {
     for (const j of await readJournals(store, await listAll(store, keys.journalPrefix(backupId)))) {
+      for (const [hex, n] of Object.entries(j.sizes ?? {})) sizes.set(hex, n);
       if (j.from > journalEnd || j.to > count || j.shas.length !== j.to - j.from) continue;
       j.shas.forEach((sha, k) => view.set(j.from + k, sha === '' ? null : sha));
       journalEnd = Math.max(journalEnd, j.to);
@@ -570,11 +574,18 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
     journalWrite = journalWrite.catch(() => undefined).then(async () => {
       const to = known.ptr;
       // An empty record still carries the byte count of uploads past the contiguous prefix.
-      if (to < journalFrom || (to === journalFrom && storedBefore + bytesStored === journaledStored)) return;
+      if (to < journalFrom || (to === journalFrom && storedBefore + bytesStored === journaledStored && unjournaled.length === 0)) return;
       const shas: string[] = [];
       for (let i = journalFrom; i < to; i++) shas.push(view.hexAt(i) ?? '');
-      const rec: JournalRecord = { from: journalFrom, to, shas, storedBytes: storedBefore + bytesStored };
-      await store.put(keys.journal(backupId, journalFrom), Buffer.from(JSON.stringify(rec)));
+      const recorded = unjournaled;
+      unjournaled = [];
+      const rec: JournalRecord = { from: journalFrom, to, shas, storedBytes: storedBefore + bytesStored, sizes: Object.fromEntries(recorded) };
+      try {
+        await store.put(keys.journal(backupId, journalFrom), Buffer.from(JSON.stringify(rec)));
+      } catch (e) {
+        unjournaled = recorded.concat(unjournaled);
+        throw e;
+      }
       journaledStored = rec.storedBytes;
       journalFrom = to;
       lastJournal = performance.now();
@@ -606,7 +617,16 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
     const p = (async () => {
       const objectKey = keys.chunk(space, hex);
       // After a crash, what the last attempt stored but did not journal is found here.
-      if (resuming && (await store.exists(objectKey))) return;
+      if (resuming) {
+        const found = sizes.get(hex) ?? (await store.sizeOf(objectKey));
+        if (found !== null) {
+          if (!sizes.has(hex)) {
+            sizes.set(hex, found);
+            unjournaled.push([hex, found]);
+          }
+          return;
+        }
+      }
       const b = await body();
       await uploads.acquire();
       try {
@@ -616,6 +636,8 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
       }
       bytesStored += b.bytes.length;
       chunksStored++;
+      sizes.set(hex, b.bytes.length);
+      unjournaled.push([hex, b.bytes.length]);
     })();
     uploading.set(hex, p);
     try {
@@ -710,6 +732,28 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
   }
 
   const delta = view.deltaFrom(parentView);
+  // Exactly what a first attempt would count: each distinct new chunk once, by its object
+  // size. A resumed backup knows most sizes from its journal; the chunks the crashed attempt
+  // stored after its last record are asked for, and must be there.
+  let storedBytes = 0;
+  const newChunks = [...new Map(delta.chunks.filter((e) => !chainKnown.has(e.sha256)).map((e) => [e.sha256, e])).values()];
+  let nextNew = 0;
+  await Promise.all(
+    Array.from({ length: 8 }, async () => {
+      while (nextNew < newChunks.length) {
+        const e = newChunks[nextNew++]!;
+        const n = sizes.get(e.sha256) ?? (resuming ? await store.sizeOf(keys.chunk(space, e.sha256)) : null);
+        if (n === null) {
+          throw new ChunkMissing(`backup '${backupId}': ${chunkLabel(e.offset, e.sha256)} should have been stored by an earlier attempt but is not in ${store.location}`, {
+            offset: e.offset,
+            sha256: e.sha256,
+            key: keys.chunk(space, e.sha256),
+          });
+        }
+        storedBytes += n;
+      }
+    }),
+  );
   const metadata: BackupMetadata = {
     format: FORMAT,
     formatVersion: FORMAT_VERSION,
@@ -730,7 +774,7 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
     stats: {
       dataBytes: view.dataBytes(),
       changedBytes: delta.chunks.reduce((n, e) => n + e.length, 0),
-      storedBytes: storedBefore + bytesStored,
+      storedBytes,
     },
     ...(opts.labels !== undefined ? { labels: opts.labels } : {}),
   };

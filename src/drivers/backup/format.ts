@@ -131,6 +131,8 @@ export const JournalRecord = z.strictObject({
   shas: z.array(z.union([sha256Hex, z.literal('')])),
   /** Encoded bytes the backup had put into the store up to `to`, over all attempts. */
   storedBytes: z.number().int().nonnegative(),
+  /** Object sizes of the new chunks stored since the previous record (any offset), by sha256: the exact storedBytes of a resumed backup. */
+  sizes: z.record(sha256Hex, z.number().int().nonnegative()).optional(),
 });
 export type JournalRecord = z.infer<typeof JournalRecord>;
 

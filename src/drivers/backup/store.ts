@@ -33,6 +33,8 @@ export interface ObjectStore {
    */
   getInto<B extends ArrayBufferLike>(key: string, alloc: (length: number) => B): Promise<{ buffer: B; length: number }>;
   exists(key: string): Promise<boolean>;
+  /** The object's size in bytes, or null when there is no such object. */
+  sizeOf(key: string): Promise<number | null>;
   /** Idempotent: deleting a missing object is success. */
   delete(key: string): Promise<void>;
   /** Every key starting with `prefix`, in no particular order. */
@@ -147,10 +149,15 @@ export class PosixStore implements ObjectStore {
   }
 
   async exists(key: string): Promise<boolean> {
+    return (await this.sizeOf(key)) !== null;
+  }
+
+  async sizeOf(key: string): Promise<number | null> {
     try {
-      return (await stat(this.path(key))).isFile();
+      const st = await stat(this.path(key));
+      return st.isFile() ? st.size : null;
     } catch (e) {
-      if (errno(e) === 'ENOENT') return false;
+      if (errno(e) === 'ENOENT') return null;
       throw e;
     }
   }
@@ -381,11 +388,15 @@ export class S3Store implements ObjectStore {
   }
 
   async exists(key: string): Promise<boolean> {
+    return (await this.sizeOf(key)) !== null;
+  }
+
+  async sizeOf(key: string): Promise<number | null> {
     try {
-      await this.client.send(new HeadObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key) }));
-      return true;
+      const r = await this.client.send(new HeadObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key) }));
+      return r.ContentLength ?? 0;
     } catch (e) {
-      if ((e as Error).name === 'NotFound' || httpStatus(e) === 404) return false;
+      if ((e as Error).name === 'NotFound' || httpStatus(e) === 404) return null;
       throw e;
     }
   }
