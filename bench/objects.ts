@@ -19,96 +19,35 @@
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import { createReadStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, open, rm, truncate } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { CreateBucketCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { execa, type ResultPromise } from 'execa';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { execa } from 'execa';
 import { repoRoot } from '../src/devserver.js';
 import { backupToStore, ChunkedTarget, DEFAULT_CONCURRENCY, DEFAULT_RESTORE_CONCURRENCY, restoreFromStore } from '../src/drivers/backup/chunked.js';
 import { ObjectTarget } from '../src/drivers/backup/config.js';
 import { DEFAULT_CHUNK_SIZE } from '../src/drivers/backup/format.js';
 import { MiB } from '../src/size.js';
+import { MINIO_CREDENTIALS, startMinio, type Minio } from '../test/helpers/minio.js';
 
 const GiB = 1024 * MiB;
 const say = (m: string) => process.stderr.write(`bench: ${m}\n`);
 const fmt = (n: number, d = 2) => n.toFixed(d);
 const mb = (bytes: number) => fmt(bytes / 1e6, 1);
-const ACCESS = 'gbackup-bench';
-const SECRET = 'gbackup-bench-secret';
 const BUCKET = 'bench';
 const RESTIC_PASSWORD = 'gbackup-bench-restic';
 
 // ---------------------------------------------------------------------------------------
 // Tools
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-interface Minio {
-  endpoint: string;
-  proc: ResultPromise;
-  client: S3Client;
-}
-
-async function startMinio(dataDir: string): Promise<Minio> {
-  const bin = process.env.GBACKUP_MINIO_BIN ?? join(repoRoot, '.tools', 'bin', 'minio');
-  if (!existsSync(bin)) throw new Error(`MinIO not found at ${bin}; run 'npm run setup' first`);
-  const port = await freePort();
-  const consolePort = await freePort();
-  const proc = execa(bin, ['server', dataDir, '--address', `127.0.0.1:${port}`, '--console-address', `127.0.0.1:${consolePort}`, '--quiet'], {
-    env: { MINIO_ROOT_USER: ACCESS, MINIO_ROOT_PASSWORD: SECRET, MINIO_BROWSER: 'off', MINIO_UPDATE: 'off' },
-    stdin: 'ignore',
-    stdout: 'ignore',
-    stderr: 'ignore',
-    reject: false,
-  });
-  const endpoint = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    if (proc.exitCode !== null) throw new Error(`minio exited with code ${proc.exitCode}`);
-    if (Date.now() > deadline) {
-      proc.kill('SIGKILL');
-      throw new Error('minio did not become ready');
-    }
-    if (await fetch(`${endpoint}/minio/health/ready`).then((r) => r.ok).catch(() => false)) break;
-    await sleep(150);
-  }
-  const client = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: ACCESS, secretAccessKey: SECRET } });
-  await client.send(new CreateBucketCommand({ Bucket: BUCKET }));
-  return { endpoint, proc, client };
-}
-
 /** A fresh MinIO for one measurement, so earlier rounds' objects and disk state do not weigh on it. */
-async function withMinio<T>(dir: string, name: string, fn: (m: Minio) => Promise<T>): Promise<T> {
-  const dataDir = join(dir, `minio-${name}`);
-  const m = await startMinio(dataDir);
+async function withMinio<T>(dir: string, fn: (m: Minio) => Promise<T>): Promise<T> {
+  const m = await startMinio({ bucket: BUCKET, baseDir: dir });
   try {
     return await fn(m);
   } finally {
-    await stopMinio(m);
-    await rm(dataDir, { recursive: true, force: true });
-  }
-}
-
-async function stopMinio(m: Minio): Promise<void> {
-  m.client.destroy();
-  if (m.proc.exitCode === null) {
-    m.proc.kill('SIGTERM');
-    const t = setTimeout(() => m.proc.kill('SIGKILL'), 10_000);
-    await m.proc;
-    clearTimeout(t);
+    await m.stop();
   }
 }
 
@@ -203,7 +142,7 @@ function targetConfig(m: Minio, prefix: string, keyFile: string, chunkSize = DEF
   });
 }
 
-const s3env = { AWS_ACCESS_KEY_ID: ACCESS, AWS_SECRET_ACCESS_KEY: SECRET, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' };
+const s3env = { AWS_ACCESS_KEY_ID: MINIO_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: MINIO_CREDENTIALS.secretAccessKey, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' };
 
 // ---------------------------------------------------------------------------------------
 // Child: one backup or restore, reporting its peak RSS
@@ -290,7 +229,7 @@ interface Round {
 }
 
 async function round(dir: string, r: number, keyFile: string): Promise<Round> {
-  return withMinio(dir, `round${r}`, (m) => roundOn(m, dir, r, keyFile));
+  return withMinio(dir, (m) => roundOn(m, dir, r, keyFile));
 }
 
 async function roundOn(m: Minio, dir: string, r: number, keyFile: string): Promise<Round> {
@@ -408,7 +347,7 @@ async function main(): Promise<void> {
       const file = join(dir, `rss-${gib}.img`);
       say(`peak RSS: ${gib} GiB`);
       await randomFile(file, gib * GiB);
-      const [b, r] = await withMinio(dir, `rss${gib}`, async (minio) => {
+      const [b, r] = await withMinio(dir, async (minio) => {
         const cfg = targetConfig(minio, `rss${gib}`, keyFile);
         const b = await runChild({ op: 'backup', config: cfg, file, size: gib * GiB, backupId: 'rss' });
         await rm(file);
@@ -435,7 +374,7 @@ async function main(): Promise<void> {
           const cs = chunkMiB * MiB;
           say(`chunk sweep: round ${r}, ${chunkMiB} MiB`);
           await randomFile(src, SIZE);
-          const [b, rs, i] = await withMinio(dir, `sweep${chunkMiB}-${r}`, async (minio) => {
+          const [b, rs, i] = await withMinio(dir, async (minio) => {
             const t = await ChunkedTarget.open(targetConfig(minio, 'sweep', keyFile, cs), env);
             const b = await timed(() => backupToStore({ target: t, backupId: 'full', volumeId: 'bench', source: src, size: SIZE }));
             writeFileSync(dest, '');

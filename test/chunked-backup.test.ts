@@ -20,6 +20,7 @@ import {
   restoreFromStore,
   verifyBackup,
   type BackupProgress,
+  type BackupToStoreOptions,
 } from '../src/drivers/backup/chunked.js';
 import { CodecPool } from '../src/drivers/backup/codec.js';
 import { ObjectTarget } from '../src/drivers/backup/config.js';
@@ -192,6 +193,27 @@ async function flipByte(store: ObjectStore, key: string): Promise<void> {
 
 const chunkObjects = async (store: ObjectStore) => (await listAll(store, 'chunks/')).length;
 
+/**
+ * A backup stopped (aborted, as a dying worker stops) once it has stored `stopAt` bytes;
+ * returns its error and its last progress report, as a heartbeat would have carried it.
+ */
+async function interruptedBackup(opts: Omit<BackupToStoreOptions, 'signal' | 'onProgress'>, stopAt: number): Promise<{ error: unknown; last: BackupProgress }> {
+  const ac = new AbortController();
+  let last: BackupProgress = { doneOffset: 0, bytesRead: 0, bytesStored: 0 };
+  const error = await backupToStore({
+    ...opts,
+    signal: ac.signal,
+    onProgress: (p) => {
+      last = p;
+      if (p.bytesStored >= stopAt) ac.abort();
+    },
+  }).then(
+    () => null,
+    (e: unknown) => e,
+  );
+  return { error, last };
+}
+
 describe('s3 store', () => {
   it('uploads with a CRC-32 the store checks, and refuses a body that does not match it', async () => {
     const { target } = await openTarget('s3');
@@ -352,22 +374,7 @@ describe.each(['posix', 's3'] as const)('chunked backups on %s', (kind) => {
     const vol = await makeVolume(`${kind}-resume.img`, SIZE, (i) => (i === 13 ? null : randomBytes(CS)));
     const sum = await sha256File(vol);
     const { target, spy } = await openTarget(kind);
-    const ac = new AbortController();
-    let last: BackupProgress | null = null;
-    const err = await backupToStore({
-      target,
-      backupId: 'b1',
-      volumeId: 'v',
-      source: vol,
-      size: SIZE,
-      concurrency: 2,
-      codec,
-      signal: ac.signal,
-      onProgress: (p) => {
-        last = p;
-        if (p.bytesStored >= 8 * CS) ac.abort();
-      },
-    }).catch((e: unknown) => e);
+    const { error: err, last } = await interruptedBackup({ target, backupId: 'b1', volumeId: 'v', source: vol, size: SIZE, concurrency: 2, codec }, 8 * CS);
     expect(err).toMatchObject({ name: matching(/Abort|Cancelled/) });
     const firstPuts = spy.puts;
     const firstBytes = spy.putBytes;
@@ -377,7 +384,7 @@ describe.each(['posix', 's3'] as const)('chunked backups on %s', (kind) => {
     expect(await listBackupRecords(target.store)).toEqual([]);
     expect((await listIncompleteBackups(target.store)).map((b) => b.backupId)).toEqual(['b1']);
 
-    const r = await backupToStore({ target, backupId: 'b1', volumeId: 'v', source: vol, size: SIZE, startOffset: last!.doneOffset, codec });
+    const r = await backupToStore({ target, backupId: 'b1', volumeId: 'v', source: vol, size: SIZE, startOffset: last.doneOffset, codec });
     expect(r.resumedFrom).toBeGreaterThan(0);
     // Nothing the first attempt stored was uploaded again.
     expect(spy.puts).toBe(23);
@@ -398,27 +405,12 @@ describe.each(['posix', 's3'] as const)('chunked backups on %s', (kind) => {
     const vol = await makeVolume(`${kind}-nojournal.img`, SIZE, () => randomBytes(CS));
     const sum = await sha256File(vol);
     const { target, spy } = await openTarget(kind);
-    const ac = new AbortController();
-    let last: BackupProgress | null = null;
-    await backupToStore({
-      target,
-      backupId: 'b1',
-      volumeId: 'v',
-      source: vol,
-      size: SIZE,
-      concurrency: 2,
-      codec,
-      signal: ac.signal,
-      onProgress: (p) => {
-        last = p;
-        if (p.bytesStored >= 10 * CS) ac.abort();
-      },
-    }).catch(() => undefined);
+    const { last } = await interruptedBackup({ target, backupId: 'b1', volumeId: 'v', source: vol, size: SIZE, concurrency: 2, codec }, 10 * CS);
     const firstPuts = spy.puts;
     // As if the worker died before any journal record reached the store: only the heartbeat's offset survives.
     for (const k of await listAll(target.store, keys.journalPrefix('b1'))) await target.store.delete(k);
-    const r = await backupToStore({ target, backupId: 'b1', volumeId: 'v', source: vol, size: SIZE, startOffset: last!.doneOffset, codec });
-    expect(r.resumedFrom).toBe(last!.doneOffset);
+    const r = await backupToStore({ target, backupId: 'b1', volumeId: 'v', source: vol, size: SIZE, startOffset: last.doneOffset, codec });
+    expect(r.resumedFrom).toBe(last.doneOffset);
     expect(spy.puts).toBe(24);
     expect(r.chunksStored).toBe(24 - firstPuts);
     expect(r.metadata.stats.storedBytes).toBe(spy.putBytes);
@@ -430,17 +422,7 @@ describe.each(['posix', 's3'] as const)('chunked backups on %s', (kind) => {
     const vol = await makeVolume(`${kind}-crash.img`, SIZE, () => randomBytes(CS));
     const sum = await sha256File(vol);
     const { target, spy } = await openTarget(kind);
-    const ac = new AbortController();
-    await backupToStore({
-      target,
-      backupId: 'b1',
-      volumeId: 'v',
-      source: vol,
-      size: SIZE,
-      codec,
-      signal: ac.signal,
-      onProgress: (p) => p.bytesStored >= 10 * CS && ac.abort(),
-    }).catch(() => undefined);
+    await interruptedBackup({ target, backupId: 'b1', volumeId: 'v', source: vol, size: SIZE, codec }, 10 * CS);
     // As if the worker died: no journal, no heartbeat offset.
     for (const k of await listAll(target.store, keys.journalPrefix('b1'))) await target.store.delete(k);
     const first = spy.puts;
@@ -454,21 +436,7 @@ describe.each(['posix', 's3'] as const)('chunked backups on %s', (kind) => {
     const vol = await makeVolume(`${kind}-stale.img`, SIZE, () => randomBytes(CS));
     const sum = await sha256File(vol);
     const { target, spy, place } = await openTarget(kind, { key: 'key' });
-    const ac = new AbortController();
-    let doneOffset = 0;
-    await backupToStore({
-      target,
-      backupId: 'b1',
-      volumeId: 'v',
-      source: vol,
-      size: SIZE,
-      codec,
-      signal: ac.signal,
-      onProgress: (p) => {
-        doneOffset = p.doneOffset;
-        if (p.bytesStored >= 8 * CS) ac.abort();
-      },
-    }).catch(() => undefined);
+    const { doneOffset } = (await interruptedBackup({ target, backupId: 'b1', volumeId: 'v', source: vol, size: SIZE, codec }, 8 * CS)).last;
     expect(doneOffset).toBeGreaterThan(0);
     // The retry runs with another key: what was sealed with the first one cannot count.
     const other = await openTarget(kind, { key: 'key2', place });
@@ -541,19 +509,7 @@ describe.each(['posix', 's3'] as const)('chunked backups on %s', (kind) => {
     const { target } = await openTarget(kind);
     await backupToStore({ target, backupId: 'full', volumeId: 'v', source: vol, size: SIZE, codec });
     for (let i = 0; i < 12; i++) await writeChunk(vol, i, randomBytes(CS));
-    const ac = new AbortController();
-    await backupToStore({
-      target,
-      backupId: 'inc',
-      volumeId: 'v',
-      source: vol,
-      size: SIZE,
-      incremental: true,
-      codec,
-      concurrency: 1,
-      signal: ac.signal,
-      onProgress: (p) => p.bytesStored >= 6 * CS && ac.abort(),
-    }).catch(() => undefined);
+    await interruptedBackup({ target, backupId: 'inc', volumeId: 'v', source: vol, size: SIZE, incremental: true, codec, concurrency: 1 }, 6 * CS);
     expect(await chunkObjects(target.store)).toBeGreaterThan(24);
     await expect(deleteBackup({ target, backupId: 'full' })).rejects.toMatchObject({ name: 'BackupHasDependents' });
     expect(await deleteBackup({ target, backupId: 'inc' })).toMatchObject({ deleted: true });

@@ -106,12 +106,6 @@ export function createControlActivities(rt: Runtime) {
     throw new NoEligibleNode(`no node reaches both ${backends.map((b) => `'${b}'`).join(' and ')} (nodes: ${rt.config.nodes.map((n) => `${n.name} -> ${n.backends.join(',')}`).join('; ')})`);
   };
 
-  /** A restore from an object target needs the backup's chain there and the right key: checked before any volume changes. */
-  const checkObjectRestore = async (targetName: string, backupId: string) => {
-    const t = await rt.objectTarget(targetName);
-    await checkReadable(t, backupId);
-  };
-
   return {
     async beginBackup(input: {
       backupId: string;
@@ -328,7 +322,8 @@ export function createControlActivities(rt: Runtime) {
         if (backup.status !== 'available') throw new InvalidStatus(`backup '${backup.id}' is '${backup.status}'; only an 'available' backup can be restored`);
         if (v.status !== 'available') throw new InvalidStatus(`volume '${v.id}' is '${v.status}'; a restore needs an 'available' volume`);
         await checkReachable(source, dest);
-        if (objectTarget !== null) await checkObjectRestore(objectTarget, backup.id);
+        // The chain and the key, before any volume changes.
+        if (objectTarget !== null) await checkReadable(await rt.objectTarget(objectTarget), backup.id);
         if (v.size < backup.size) throw new VolumeTooSmall(`volume '${v.id}' has ${v.size} bytes (${formatBytes(v.size)}); backup '${backup.id}' needs at least ${backup.size} (${formatBytes(backup.size)})`);
         c.tx(() => {
           c.transitionBackup(backup.id, ['available'], 'restoring');
@@ -357,7 +352,8 @@ export function createControlActivities(rt: Runtime) {
       if (backup.status !== 'available') throw new InvalidStatus(`backup '${backup.id}' is '${backup.status}'; only an 'available' backup can be restored`);
       const pool = rt.volumePlace(backend, input.pool);
       await checkReachable(source, { backend, pool, name: input.newVolumeId });
-      if (objectTarget !== null) await checkObjectRestore(objectTarget, backup.id);
+      // The chain and the key, before any volume changes.
+      if (objectTarget !== null) await checkReadable(await rt.objectTarget(objectTarget), backup.id);
       const driver = rt.driver(backend);
       const { freeBytes } = await driver.stats(pool);
       if (backup.size > freeBytes) throw new InsufficientSpace(`backend '${backend}'${pool ? ` pool '${pool}'` : ''} has ${formatBytes(freeBytes)} free; backup '${backup.id}' needs ${formatBytes(backup.size)}`);

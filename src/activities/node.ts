@@ -51,7 +51,8 @@ export interface NodeDeps {
 /** What the chunked backup's heartbeat carries: a retry resumes from doneOffset. */
 export interface ObjectHeartbeat {
   doneOffset: number;
-  bytesRead: number;
+  /** Bytes this attempt read (backup) or wrote (restore). */
+  bytes: number;
 }
 
 export interface ObjectBackupResult {
@@ -87,22 +88,29 @@ export function createNodeActivities(deps: NodeDeps) {
   };
 
   /**
-   * Progress of an object copy for the workflow's query (a signal every few seconds) and
-   * the per-backup limit set through the throttle update (polled), as the dd copy does.
+   * The Temporal side of an object copy: where a retry resumes (the last heartbeat), a
+   * heartbeat every second and on every progress report, progress signals for the
+   * workflow's query and the per-backup limit polled from its throttle update, as the dd
+   * copy does. `end()` stops the clock.
    */
-  const reporter = (c: Context, total: number) => {
+  const objectCopy = (total: number, bpsLimit: number | null | undefined) => {
+    const c = ctx();
     const wf = c.info.workflowExecution?.workflowId ?? 'none';
+    const last = c.info.heartbeatDetails as ObjectHeartbeat | undefined;
+    let details: ObjectHeartbeat = { doneOffset: last?.doneOffset ?? 0, bytes: 0 };
+    const beat = setInterval(() => c.heartbeat(details), 1000);
     const started = performance.now();
     let first: number | null = null;
     let lastNotify = started;
     let lastLimitRead = started;
-    let limit: number | undefined;
+    let limit = bpsLimit ?? undefined;
     return {
-      throttle(bpsLimit: number | null | undefined): Throttle {
-        limit = bpsLimit ?? undefined;
-        return deps.throttle.forCopy(() => limit);
-      },
-      report(doneOffset: number): void {
+      resume: last ? { startOffset: last.doneOffset } : {},
+      throttle: deps.throttle.forCopy(() => limit),
+      signal: c.cancellationSignal,
+      progress(doneOffset: number, bytes: number): void {
+        details = { doneOffset, bytes };
+        c.heartbeat(details);
         first ??= doneOffset;
         const t = performance.now();
         if (deps.notify && t - lastNotify >= NOTIFY_EVERY_MS) {
@@ -114,6 +122,9 @@ export function createNodeActivities(deps: NodeDeps) {
           lastLimitRead = t;
           void deps.readLimit(wf).then((l) => (limit = l)).catch(() => undefined);
         }
+      },
+      end(): void {
+        clearInterval(beat);
       },
     };
   };
@@ -203,14 +214,10 @@ export function createNodeActivities(deps: NodeDeps) {
       labels?: Record<string, string>;
       bpsLimit?: number | null;
     }): Promise<ObjectBackupResult> {
-      const c = ctx();
-      const last = c.info.heartbeatDetails as ObjectHeartbeat | undefined;
       const target = await objectTarget(input.target);
       const src = await connector.connectVolume(input.source);
       await failpoint('copy');
-      const progress = reporter(c, input.size);
-      let details: ObjectHeartbeat = { doneOffset: last?.doneOffset ?? 0, bytesRead: 0 };
-      const beat = setInterval(() => c.heartbeat(details), 1000);
+      const copy = objectCopy(input.size, input.bpsLimit);
       try {
         const r = await backupToStore({
           target,
@@ -221,16 +228,12 @@ export function createNodeActivities(deps: NodeDeps) {
           extentsFrom: input.source.path,
           size: input.size,
           incremental: input.incremental,
-          ...(last ? { startOffset: last.doneOffset } : {}),
-          throttle: progress.throttle(input.bpsLimit),
-          signal: c.cancellationSignal,
+          ...copy.resume,
+          throttle: copy.throttle,
+          signal: copy.signal,
           ...(input.name !== undefined ? { name: input.name } : {}),
           ...(input.labels !== undefined ? { labels: input.labels } : {}),
-          onProgress: (p) => {
-            details = { doneOffset: p.doneOffset, bytesRead: p.bytesRead };
-            c.heartbeat(details);
-            progress.report(p.doneOffset);
-          },
+          onProgress: (p) => copy.progress(p.doneOffset, p.bytesRead),
         });
         const m = r.metadata;
         return {
@@ -243,20 +246,16 @@ export function createNodeActivities(deps: NodeDeps) {
           node,
         };
       } finally {
-        clearInterval(beat);
+        copy.end();
       }
     },
 
     /** Writes a backup's chain from an object target onto an attached volume; a retry skips what is written and synced. */
     async restoreFromObjects(input: { dest: ConnectionInfo; target: string; backupId: string; size: number; destIsZero: boolean; bpsLimit?: number | null }): Promise<ObjectRestoreResult> {
-      const c = ctx();
-      const last = c.info.heartbeatDetails as ObjectHeartbeat | undefined;
       const target = await objectTarget(input.target);
       const dst = await connector.connectVolume(input.dest);
       await failpoint('copy');
-      const progress = reporter(c, input.size);
-      let details: ObjectHeartbeat = { doneOffset: last?.doneOffset ?? 0, bytesRead: 0 };
-      const beat = setInterval(() => c.heartbeat(details), 1000);
+      const copy = objectCopy(input.size, input.bpsLimit);
       try {
         const r = await restoreFromStore({
           target,
@@ -265,18 +264,14 @@ export function createNodeActivities(deps: NodeDeps) {
           // Every attempt writes the same bytes at the data chunks and never touches the zero
           // ones, so a destination that read zeros still does where the backup is zeros.
           destIsZero: input.destIsZero,
-          ...(last ? { startOffset: last.doneOffset } : {}),
-          throttle: progress.throttle(input.bpsLimit),
-          signal: c.cancellationSignal,
-          onProgress: (p) => {
-            details = { doneOffset: p.doneOffset, bytesRead: p.bytesWritten };
-            c.heartbeat(details);
-            progress.report(p.doneOffset);
-          },
+          ...copy.resume,
+          throttle: copy.throttle,
+          signal: copy.signal,
+          onProgress: (p) => copy.progress(p.doneOffset, p.bytesWritten),
         });
         return { resumedFrom: r.resumedFrom, bytesWritten: r.bytesWritten, bytesFetched: r.bytesFetched, node };
       } finally {
-        clearInterval(beat);
+        copy.end();
       }
     },
   };

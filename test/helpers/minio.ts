@@ -6,13 +6,12 @@
  */
 import { existsSync, rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { execa, type ResultPromise } from 'execa';
-import { repoRoot } from '../../src/devserver.js';
+import { freePort, repoRoot } from '../../src/devserver.js';
 
 export interface Minio {
   endpoint: string;
@@ -52,23 +51,15 @@ export function cleanupOnExit(cleanup: () => void): () => void {
   return remove;
 }
 
+/** Fixed root credentials of every test and bench MinIO (loopback only, temporary data). */
+export const MINIO_CREDENTIALS = { accessKeyId: 'gbackup-test', secretAccessKey: 'gbackup-test-secret' } as const;
+
 export function minioBinary(): string {
   const p = process.env.GBACKUP_MINIO_BIN ?? join(repoRoot, '.tools', 'bin', 'minio');
   if (!existsSync(p)) throw new Error(`MinIO not found at ${p}; run 'npm run setup' first`);
   return p;
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function waitReady(url: string, proc: ResultPromise, output: () => string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -90,8 +81,7 @@ export async function startMinio(opts: { bucket?: string; baseDir?: string } = {
   const port = await freePort();
   let consolePort = await freePort();
   while (consolePort === port) consolePort = await freePort();
-  const accessKeyId = 'gbackup-test';
-  const secretAccessKey = 'gbackup-test-secret';
+  const { accessKeyId, secretAccessKey } = MINIO_CREDENTIALS;
   let output = '';
   const proc = execa(minioBinary(), ['server', join(dir, 'data'), '--address', `127.0.0.1:${port}`, '--console-address', `127.0.0.1:${consolePort}`, '--quiet'], {
     env: { MINIO_ROOT_USER: accessKeyId, MINIO_ROOT_PASSWORD: secretAccessKey, MINIO_BROWSER: 'off', MINIO_UPDATE: 'off' },
