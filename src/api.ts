@@ -169,6 +169,8 @@ export interface Progress {
   volumeId: string | null;
   /** The finished copy: where it resumed (0 unless a crash interrupted it) and what its last attempt moved. */
   lastCopy?: { resumedFrom: number; bytesCopied: number; storedBytes: number; node: string };
+  /** The latest failed attempt of a step that is being retried (a transient error: timeout, 5xx, throttling). */
+  lastError?: { step: string; attempt: number; type: string; message: string };
 }
 
 /**

@@ -31,6 +31,8 @@ export interface DevServerOptions {
   dbFile: string;
   ip?: string;
   log?: (line: string) => void;
+  /** Register gbackup's search attributes at start (default); false gives a plain server, as an existing namespace may be. */
+  searchAttributes?: boolean;
 }
 
 export interface DevServer {
@@ -94,7 +96,7 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     '--log-level',
     'error',
     ...(uiPort === null ? ['--headless'] : ['--ui-port', String(uiPort)]),
-    ...Object.values(SEARCH_ATTRIBUTES).flatMap((k) => ['--search-attribute', `${k.name}=Keyword`]),
+    ...(opts.searchAttributes === false ? [] : Object.values(SEARCH_ATTRIBUTES).flatMap((k) => ['--search-attribute', `${k.name}=Keyword`])),
     // The dev server has one history shard, and its transfer queue polls at most 20
     // times a second by default: every step of a saga then waits ~50 ms for dispatch
     // (measured: a no-op activity 102 ms -> 10 ms with this raised).

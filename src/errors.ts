@@ -1,14 +1,22 @@
 /**
  * Errors with stable names. The names travel through Temporal as ApplicationFailure
- * types, so they go into `nonRetryableErrorTypes`: a retry cannot fix bad input or a
- * broken rule, while everything else (I/O hiccups, a busy device) is retried.
+ * types. Each class says what kind of failure it is, once, and the lists the workflows
+ * and the CLI need are derived from that (errors/registry.ts):
+ * - `permanent`: a retry cannot cure it (its name goes into `nonRetryableErrorTypes`);
+ *   everything else (I/O hiccups, a busy device, a slow store) is retried;
+ * - `badInput`: the caller asked for something impossible or malformed (CLI exit code 2);
+ * - `damaged`: the stored backup itself is broken (a restore keeps the volume, in error).
  *
  * Deliberately free of Temporal imports: drivers and the catalog throw these too.
  */
 export class GbackupError extends Error {
+  static readonly permanent: boolean = false;
+  static readonly badInput: boolean = false;
+  static readonly damaged: boolean = false;
+
   /** Exit code the CLI uses: 2 for bad input or usage, 1 for a failed operation. */
   get exitCode(): 1 | 2 {
-    return 1;
+    return (this.constructor as typeof GbackupError).badInput ? 2 : 1;
   }
   constructor(message: string) {
     super(message);
@@ -16,11 +24,15 @@ export class GbackupError extends Error {
   }
 }
 
+/** A failure no retry can cure, that is not the caller's input: the operation fails at once (exit 1). */
+export class PermanentError extends GbackupError {
+  static override readonly permanent: boolean = true;
+}
+
 /** Bad input: the caller asked for something impossible or malformed. */
 export class InvalidInput extends GbackupError {
-  override get exitCode(): 1 | 2 {
-    return 2;
-  }
+  static override readonly permanent: boolean = true;
+  static override readonly badInput: boolean = true;
 }
 
 export class InvalidConfig extends InvalidInput {}
@@ -41,56 +53,14 @@ export class BackupInProgress extends InvalidInput {}
 export class BackupOnlyStorage extends InvalidInput {}
 /** The spec's rule: backup storage must not be the storage the volumes live on. */
 export class SameStorageTarget extends InvalidConfig {}
+/** The Temporal namespace lacks gbackup's search attributes, and they could not be added. */
+export class MissingSearchAttributes extends PermanentError {}
 /** No node reaches both sides of a copy. */
-export class NoEligibleNode extends GbackupError {}
+export class NoEligibleNode extends PermanentError {}
+/** A volume of that name exists with another size: a retry would find it again. */
+export class VolumeExists extends PermanentError {}
+/** A volume backend ran out of space while data was written to it (ENOSPC mid-copy). */
+export class BackendFull extends PermanentError {}
 /** A failpoint fired with the non-retryable flavour (tests only). */
-export class InjectedFault extends GbackupError {}
+export class InjectedFault extends PermanentError {}
 export class Cancelled extends GbackupError {}
-
-/** Every error type a retry cannot cure. */
-export const NON_RETRYABLE_ERROR_TYPES = [
-  'InvalidInput',
-  'InvalidConfig',
-  'InvalidName',
-  'InvalidSize',
-  'VolumeNotFound',
-  'BackupNotFound',
-  'SnapshotNotFound',
-  'BackendNotFound',
-  'PoolNotFound',
-  'TargetNotFound',
-  'NodeNotFound',
-  'InvalidStatus',
-  'VolumeTooSmall',
-  'InsufficientSpace',
-  'BackupInProgress',
-  'BackupOnlyStorage',
-  'SameStorageTarget',
-  'NoEligibleNode',
-  'InjectedFault',
-  'ZodError',
-  // The chunked object targets (drivers/backup/errors.ts): a retry cannot repair a wrong
-  // key or a corrupt object. Named here, not imported, to keep this module dependency-free.
-  'MissingCredentials',
-  'InvalidObjectKey',
-  'MissingKey',
-  'InvalidKey',
-  'WrongKey',
-  'UnsupportedFormat',
-  'BackupHasDependents',
-  'NoParentBackup',
-  'ImportConflict',
-  'ChunkCorrupt',
-  'DecryptionFailed',
-  'ChunkMissing',
-  'BackupCorrupt',
-  'BackupChainBroken',
-  'ShortRead',
-];
-
-/** Errors whose name marks bad input, for the CLI's exit code 2 when they come back from a workflow. */
-export const INPUT_ERROR_TYPES = new Set(
-  NON_RETRYABLE_ERROR_TYPES.filter(
-    (n) => !['NoEligibleNode', 'InjectedFault', 'ChunkCorrupt', 'DecryptionFailed', 'ChunkMissing', 'BackupCorrupt', 'BackupChainBroken', 'ShortRead'].includes(n),
-  ),
-);

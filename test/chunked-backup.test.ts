@@ -4,7 +4,7 @@
  * sparse files with 1 MiB chunks; every restore is compared by sha256.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createReadStream, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { open, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -72,6 +72,9 @@ class SpyStore implements ObjectStore {
   get location() {
     return this.inner.location;
   }
+  ready() {
+    return this.inner.ready();
+  }
   async put(key: string, body: Buffer, opts?: PutOptions) {
     if (key.startsWith('chunks/')) {
       this.puts++;
@@ -117,6 +120,8 @@ interface TargetOpts {
 
 function targetConfig(kind: Kind, o: TargetOpts = {}): { config: ObjectTarget; place: string } {
   const place = o.place ?? `t${++seq}`;
+  // A posix target's directory must exist: the store never makes it (an unmounted share would be filled).
+  if (kind === 'posix') mkdirSync(join(dir, place), { recursive: true });
   const encryption = o.key === undefined ? undefined : o.key === 'env' ? { keyEnv: 'GBACKUP_TEST_KEY' } : { keyFile: join(dir, o.key) };
   const common = { name: 'vault', chunkSize: CS, compression: o.compression ?? 'zstd', ...(encryption ? { encryption } : {}) };
   const config =

@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,6 +39,8 @@ const targets = (dir: string, key: { file: string } | null, opts: { compression?
 `;
 
 function writeSecrets(dir: string, hex: string | null): { file: string } | null {
+  // The posix target's directory: a store never makes its own root.
+  mkdirSync(join(dir, 'objects'), { recursive: true });
   writeFileSync(join(dir, 's3.json'), JSON.stringify({ accessKeyId: minio.accessKeyId, secretAccessKey: minio.secretAccessKey }), { mode: 0o600 });
   if (hex === null) return null;
   const file = join(dir, 'backup.key');

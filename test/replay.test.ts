@@ -16,9 +16,12 @@ type History = Parameters<typeof Worker.runReplayHistory>[1];
 import { execa } from 'execa';
 import { temporalBinary } from '../src/devserver.js';
 import { GbackupClient } from '../src/client/client.js';
+import { WORKFLOWS } from '../src/api.js';
 import { quietTemporal } from './helpers/env.js';
 
 const FIXTURES = join(import.meta.dirname, 'fixtures', 'histories');
+/** The whole suite closes far more workflows than this (the fault matrix alone runs 64); run alone, this file fails on purpose. */
+const MIN_HISTORIES_FROM_THIS_RUN = 100;
 
 /** The few fields of a history this file reads. */
 interface HistoryShape {
@@ -41,6 +44,9 @@ describe('workflow determinism', () => {
         histories.push({ ...h, label: h.workflowId });
       }
       const fromThisRun = histories.length;
+      const typesThisRun = new Set(
+        (histories as unknown as { history: HistoryShape }[]).map((h) => h.history.events?.[0]?.workflowExecutionStartedEventAttributes?.workflowType?.name ?? 'unknown'),
+      );
       if (process.env.GBACKUP_SAVE_HISTORIES) {
         const seen = new Set<string>();
         for (const h of histories as unknown as { workflowId: string; history: HistoryShape }[]) {
@@ -68,8 +74,11 @@ describe('workflow determinism', () => {
       }
       console.log(`replayed ${replayed} histories (${fromThisRun} from this run, ${replayed - fromThisRun} committed fixtures)`);
       expect(failures).toEqual([]);
-      expect(replayed).toBe(histories.length);
-      expect(fromThisRun).toBeGreaterThan(0);
+      // The suite runs hundreds of workflows (the fault matrix alone is 64 backups and
+      // restores); far fewer means the listing, not the code, was tested.
+      expect(fromThisRun).toBeGreaterThanOrEqual(MIN_HISTORIES_FROM_THIS_RUN);
+      // Every workflow type the worker runs was replayed from this run's code paths.
+      expect([...typesThisRun].sort()).toEqual(expect.arrayContaining(Object.values(WORKFLOWS).sort()));
     } finally {
       await client.close();
     }

@@ -50,8 +50,6 @@ export interface RestorePlan {
   objectTarget?: string | null;
   dest: Loc;
   size: number;
-  /** Destination had data before (existing volume): clear it before a sparse copy. */
-  clearFirst: boolean;
   timeouts: Timeouts;
 }
 
@@ -165,9 +163,11 @@ export function createControlActivities(rt: Runtime) {
           throw new InsufficientSpace(`target '${target.name}' has ${formatBytes(freeBytes)} free; volume '${volume.id}' needs ${formatBytes(volume.size)}`);
         }
       } else {
-        // Opens the store now: missing credentials or key are refused before anything changes.
+        // Opens the store now: missing credentials or key, a missing bucket or directory, a
+        // store that refuses us or does not answer: all refused before anything changes.
         const t = await rt.objectTarget(target.name);
         await t.key();
+        await t.ready();
       }
       c.tx(() => {
         // An available volume is claimed as backing-up; an in-use one stays in-use (its
@@ -317,7 +317,7 @@ export function createControlActivities(rt: Runtime) {
       if (input.volumeId !== undefined) {
         const v = c.volume(input.volumeId);
         const dest: Loc = { backend: v.backend, pool: v.pool, name: v.id };
-        const plan: RestorePlan = { backupId: backup.id, volumeId: v.id, createdVolume: false, source, ...object, dest, size: backup.size, clearFirst: true, timeouts };
+        const plan: RestorePlan = { backupId: backup.id, volumeId: v.id, createdVolume: false, source, ...object, dest, size: backup.size, timeouts };
         if (v.status === 'restoring-backup' && c.volumeOwner(v.id) === wf) return plan;
         if (backup.status !== 'available') throw new InvalidStatus(`backup '${backup.id}' is '${backup.status}'; only an 'available' backup can be restored`);
         if (v.status !== 'available') throw new InvalidStatus(`volume '${v.id}' is '${v.status}'; a restore needs an 'available' volume`);
@@ -343,7 +343,6 @@ export function createControlActivities(rt: Runtime) {
             ...object,
             dest: { backend: existing.backend, pool: existing.pool, name: existing.id },
             size: backup.size,
-            clearFirst: false,
             timeouts,
           };
         }
@@ -361,7 +360,7 @@ export function createControlActivities(rt: Runtime) {
         c.transitionBackup(backup.id, ['available'], 'restoring');
         c.insertVolume({ id: input.newVolumeId, name: input.name ?? input.newVolumeId, backend, pool, size: backup.size, status: 'restoring-backup', owner: wf });
       });
-      return { backupId: backup.id, volumeId: input.newVolumeId, createdVolume: true, source, ...object, dest: { backend, pool, name: input.newVolumeId }, size: backup.size, clearFirst: false, timeouts };
+      return { backupId: backup.id, volumeId: input.newVolumeId, createdVolume: true, source, ...object, dest: { backend, pool, name: input.newVolumeId }, size: backup.size, timeouts };
     },
 
     async finalizeRestore(input: { backupId: string; volumeId: string }): Promise<VolumeView> {

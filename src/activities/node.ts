@@ -11,6 +11,7 @@ import { dataExtents, extentBytes } from '../copy/extents.js';
 import type { Throttle } from '../copy/throttle.js';
 import type { AttachmentLedger } from '../node/ledger.js';
 import { failpoint } from '../failpoints.js';
+import { BackendFull } from '../errors.js';
 import { backupToStore, restoreFromStore, type ChunkedTarget } from '../drivers/backup/chunked.js';
 
 export interface CopyHeartbeat {
@@ -78,6 +79,15 @@ export interface ObjectRestoreResult {
 
 /** How often progress reaches the workflow: each signal is a history event. */
 const NOTIFY_EVERY_MS = 2000;
+
+/**
+ * A write that failed for lack of space on the destination's backend: retrying would fail
+ * the same way (the saga then deletes what the copy made, which frees the space again).
+ */
+function asBackendFull(e: unknown, dest: ConnectionInfo): unknown {
+  if ((e as { code?: unknown } | undefined)?.code !== 'ENOSPC') return e;
+  return new BackendFull(`backend '${dest.backend}' is full: writing ${dest.path} failed with ENOSPC (${(e as Error).message}); free space there, then retry`);
+}
 
 export function createNodeActivities(deps: NodeDeps) {
   const { connector, ledger, node } = deps;
@@ -193,7 +203,11 @@ export function createNodeActivities(deps: NodeDeps) {
             void deps.readLimit(wf).then((l) => (limit = l)).catch(() => undefined);
           }
         },
-      }).finally(() => clearInterval(beat));
+      })
+        .catch((e: unknown) => {
+          throw asBackendFull(e, input.dest);
+        })
+        .finally(() => clearInterval(beat));
       c.heartbeat({ doneOffset: input.size, bytesCopied } satisfies CopyHeartbeat);
       return { storedBytes, bytesCopied, resumedFrom, node };
     },
@@ -270,6 +284,8 @@ export function createNodeActivities(deps: NodeDeps) {
           onProgress: (p) => copy.progress(p.doneOffset, p.bytesWritten),
         });
         return { resumedFrom: r.resumedFrom, bytesWritten: r.bytesWritten, bytesFetched: r.bytesFetched, node };
+      } catch (e) {
+        throw asBackendFull(e, input.dest);
       } finally {
         copy.end();
       }

@@ -20,6 +20,8 @@ import { formatBytes, parseSize } from '../size.js';
 import { checkName, checkSize, Volumes } from '../volumes.js';
 import { Snapshots } from '../snapshots.js';
 import { rebuildCatalog } from '../rebuild.js';
+import { checkTarget, describeCheck } from '../drivers/backup/check.js';
+import type { S3Store } from '../drivers/backup/store.js';
 import { makeOut, record, table, UsageError, type Out } from './output.js';
 import { showProgress } from './progress.js';
 import { runDemo, runDev, runWorker } from './serve.js';
@@ -50,6 +52,10 @@ usage: gbackup [--config FILE] [--json] COMMAND ...
   backup restore BACKUP_ID (--backend B [--pool P] [--name N] | --volume VOLUME_ID) [--wait]
 
   backend list | show NAME
+  target list
+  target check [NAME] [--create-bucket]   can this host list, write, read and delete in the
+                                        target (every object target when NAME is absent)?
+                                        --create-bucket makes a missing S3 bucket first
   catalog rebuild            re-import backups from the records stored in every target
   worker [--node NAME]       run this host's worker (control + node roles)
   dev                        Temporal dev server (with UI) + worker, in one terminal
@@ -423,6 +429,61 @@ async function backendCommand(sub: string | undefined, argv: string[], out: Out)
   );
 }
 
+/** A target check that failed; --json output carries every step of every target checked. */
+class TargetCheckFailed extends GbackupError {
+  constructor(
+    message: string,
+    readonly details: unknown,
+  ) {
+    super(message);
+  }
+}
+
+async function targetCommand(sub: string | undefined, argv: string[], out: Out): Promise<void> {
+  switch (sub) {
+    case 'list': {
+      const { values } = parse(argv, {}, { min: 0, max: 0, names: '' });
+      const config = loadConfig(str(values.config));
+      const rows = config.targets.map((t) => ({
+        name: t.name,
+        driver: t.driver,
+        location: t.driver === 'volume' ? `${t.backend}${t.pool ? `/${t.pool}` : ''}` : t.driver === 'posix' ? t.path : `s3://${t.bucket}/${t.prefix}${t.endpoint ? ` at ${t.endpoint}` : ''}`,
+        default: t.name === (config.defaultTarget ?? (config.targets.length === 1 ? t.name : undefined)),
+      }));
+      return out.result(rows, () => table(rows, ['name', 'driver', 'location', 'default']));
+    }
+    case 'check': {
+      const { values, pos } = parse(argv, { 'create-bucket': { type: 'boolean' } }, { min: 0, max: 1, names: 'target NAME' });
+      const config = loadConfig(str(values.config));
+      const createBucket = values['create-bucket'] === true;
+      const checks = await withRuntime(config, async (rt) => {
+        const names = pos[0] !== undefined ? [rt.target(checkName(pos[0], 'target')).name] : config.targets.filter((t) => t.driver !== 'volume').map((t) => t.name);
+        if (names.length === 0) throw new InvalidInput(`no object targets (posix, s3) configured; volume targets are checked when the worker starts (same-storage rule, free space)`);
+        return Promise.all(
+          names.map(async (name) => {
+            const t = rt.target(name);
+            if (t.driver === 'volume') throw new InvalidInput(`target '${name}' is a volume target (backend '${t.backend}'); check works on posix and s3 targets`);
+            if (createBucket && t.driver !== 's3') throw new InvalidInput(`--create-bucket applies to s3 targets; target '${name}' is ${t.driver}`);
+            const target = await rt.objectTarget(name);
+            const created = createBucket ? await (target.store as S3Store).createBucket() : false;
+            const c = await checkTarget(target);
+            return { ...c, createdBucket: c.createdBucket || created };
+          }),
+        );
+      });
+      for (const c of checks) out.info(describeCheck(c));
+      const failed = checks.filter((c) => !c.ok);
+      if (failed.length > 0) {
+        const first = failed[0]!.steps.find((s) => !s.ok)!;
+        throw new TargetCheckFailed(`${failed.map((c) => `target '${c.target}'`).join(', ')} failed the check (${first.step}: ${first.error?.message})`, checks);
+      }
+      return out.result(checks, () => checks.map((c) => `${c.target}: ok`).join('\n'));
+    }
+    default:
+      throw new UsageError(`unknown target command '${sub ?? ''}' (list, check)`);
+  }
+}
+
 /** Global options may stand anywhere; they are moved behind the command for its parser. */
 function hoistGlobals(argv: string[]): string[] {
   const globals: string[] = [];
@@ -460,6 +521,9 @@ export async function main(rawArgv: string[]): Promise<number> {
       case 'snapshot':
         await snapshotCommand(sub, rest, out);
         break;
+      case 'target':
+        await targetCommand(sub, rest, out);
+        break;
       case 'catalog': {
         if (sub !== 'rebuild') throw new UsageError(`unknown catalog command '${sub ?? ''}' (rebuild)`);
         const { values } = parse(rest, {}, { min: 0, max: 0, names: '' });
@@ -490,7 +554,8 @@ export async function main(rawArgv: string[]): Promise<number> {
     const code = e instanceof UsageError ? 2 : e instanceof GbackupError ? e.exitCode : 1;
     const type = e instanceof Error ? e.name : 'Error';
     const message = e instanceof Error ? e.message : String(e);
-    if (json) process.stdout.write(`${JSON.stringify({ error: { type, message } })}\n`);
+    const details = e instanceof TargetCheckFailed ? { details: e.details } : {};
+    if (json) process.stdout.write(`${JSON.stringify({ error: { type, message, ...details } })}\n`);
     process.stderr.write(`gbackup: ${code === 2 && !(e instanceof UsageError) ? `${type}: ` : ''}${message}\n`);
     return code;
   }

@@ -6,7 +6,7 @@ export function renderProgress(p: Progress, width = 30): string {
   const frac = p.bytesTotal > 0 ? Math.min(1, p.bytesDone / p.bytesTotal) : 0;
   const filled = Math.round(frac * width);
   const eta = p.rateBps > 0 && p.bytesTotal > p.bytesDone ? `${Math.ceil((p.bytesTotal - p.bytesDone) / p.rateBps)}s` : '-';
-  return `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${(frac * 100).toFixed(0).padStart(3)}% ${formatBytes(p.bytesDone)}/${formatBytes(p.bytesTotal)} ${p.rateBps > 0 ? `${formatBytes(p.rateBps)}/s` : ''} ETA ${eta} ${p.phase}${p.node ? ` @${p.node}` : ''}`;
+  return `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${(frac * 100).toFixed(0).padStart(3)}% ${formatBytes(p.bytesDone)}/${formatBytes(p.bytesTotal)} ${p.rateBps > 0 ? `${formatBytes(p.rateBps)}/s` : ''} ETA ${eta} ${p.phase}${p.node ? ` @${p.node}` : ''}${p.lastError ? ` (retrying ${p.lastError.step}: ${p.lastError.message.slice(0, 80)})` : ''}`;
 }
 
 /** Redraws the bar until `done` settles; draws nothing when stderr is not a terminal. */

@@ -4,7 +4,6 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { BackupResult, BackupView, RestoreResult } from '../api.js';
-import { DefaultLogger, Runtime as TemporalRuntime, type LogLevel } from '@temporalio/worker';
 import { GbackupClient } from '../client/client.js';
 import { parseConfig, type LoadedConfig } from '../config/load.js';
 import { freePort, portIsFree, startDevServer } from '../devserver.js';
@@ -12,6 +11,7 @@ import { Runtime } from '../runtime.js';
 import { formatBytes, MiB } from '../size.js';
 import { checkSize, sha256File, Volumes } from '../volumes.js';
 import { startWorkers } from '../workers/worker.js';
+import { installLogger } from '../workers/logging.js';
 import { showProgress } from './progress.js';
 
 function untilSignal(): Promise<string> {
@@ -22,14 +22,8 @@ function untilSignal(): Promise<string> {
   });
 }
 
-/** Temporal's own logging: INFO for a production worker, quieter for dev and the demo. */
-function installLogger(fallback: LogLevel): void {
-  const level = (process.env.GBACKUP_LOG_LEVEL ?? fallback) as LogLevel;
-  TemporalRuntime.install({ logger: new DefaultLogger(level) });
-}
-
 export async function runWorker(config: LoadedConfig, node?: string): Promise<void> {
-  installLogger('INFO');
+  installLogger();
   const w = await startWorkers({ config, node });
   const stop = untilSignal().then(() => w.shutdown());
   await Promise.race([w.done, stop]);
@@ -91,6 +85,8 @@ targets:
 defaultTarget: vault
 `;
   writeFileSync(join(dir, 'config.yaml'), yaml);
+  // An object target's directory is the operator's to make (a store never creates its root).
+  mkdirSync(join(dir, 'objects'), { recursive: true });
   const config = parseConfig(yaml, join(dir, 'config.yaml'), dir);
   say(`demo: config ${join(dir, 'config.yaml')}; starting Temporal dev server...`);
   // The UI on its usual port when that is free, so the printed link is the familiar one.

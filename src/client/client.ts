@@ -18,7 +18,9 @@ import {
   type VerifyBackupInput,
 } from '../api.js';
 import type { LoadedConfig } from '../config/load.js';
-import { BackupInProgress, GbackupError, INPUT_ERROR_TYPES, InvalidInput, InvalidStatus } from '../errors.js';
+import { BackupInProgress, GbackupError, InvalidInput, InvalidStatus, MissingSearchAttributes } from '../errors.js';
+import { missingMessage, missingSearchAttributes, refusedSearchAttribute } from '../workers/search-attributes.js';
+import { INPUT_ERROR_TYPES } from '../error-registry.js';
 
 /** A workflow's failure, carried back with the original error type. */
 export class WorkflowError extends GbackupError {
@@ -49,13 +51,26 @@ export class GbackupClient {
     readonly client: Client,
     private readonly connection: Connection,
     readonly taskQueue: string,
+    private readonly server: { address: string; namespace: string },
   ) {}
 
-  static async connect(config: Pick<LoadedConfig, 'temporal'>): Promise<GbackupClient> {
+  /**
+   * A start the server refused for lack of our search attributes becomes the message the
+   * worker gives (which attributes, and the commands that register them); anything else
+   * is returned as it is.
+   */
+  private async explainRefusal(e: unknown): Promise<unknown> {
+    const named = refusedSearchAttribute(e);
+    if (named === null) return e;
+    const missing = await missingSearchAttributes(this.connection, this.server.namespace).catch(() => [named]);
+    return new MissingSearchAttributes(missingMessage(missing.length > 0 ? missing : [named], this.server, 'the server refused to start the workflow'));
+  }
+
+  static async connect(config: { temporal: Pick<LoadedConfig['temporal'], 'address' | 'namespace' | 'taskQueue'> }): Promise<GbackupClient> {
     const connection = await Connection.connect({ address: config.temporal.address, connectTimeout: '5s' }).catch((e: Error) => {
       throw new GbackupError(`cannot reach Temporal at ${config.temporal.address}: ${e.message} (is 'gbackup dev' or a Temporal server running?)`);
     });
-    return new GbackupClient(new Client({ connection, namespace: config.temporal.namespace }), connection, config.temporal.taskQueue);
+    return new GbackupClient(new Client({ connection, namespace: config.temporal.namespace }), connection, config.temporal.taskQueue, config.temporal);
   }
 
   async close(): Promise<void> {
@@ -82,7 +97,7 @@ export class GbackupClient {
       if (e instanceof WorkflowExecutionAlreadyStartedError) {
         throw new BackupInProgress(`volume '${input.volumeId}' already has a backup running (workflow ${workflowId}); one backup per volume at a time`);
       }
-      throw e;
+      throw await this.explainRefusal(e);
     }
   }
 
@@ -104,7 +119,7 @@ export class GbackupClient {
       if (e instanceof WorkflowExecutionAlreadyStartedError) {
         throw new InvalidStatus(`backup '${input.backupId}' is already being restored (workflow ${workflowId})`);
       }
-      throw e;
+      throw await this.explainRefusal(e);
     }
   }
 
@@ -123,7 +138,7 @@ export class GbackupClient {
       });
     } catch (e) {
       if (e instanceof WorkflowExecutionAlreadyStartedError) throw new InvalidStatus(`backup '${input.backupId}' is already being deleted`);
-      throw e;
+      throw await this.explainRefusal(e);
     }
   }
 
@@ -142,7 +157,7 @@ export class GbackupClient {
       });
     } catch (e) {
       if (e instanceof WorkflowExecutionAlreadyStartedError) throw new InvalidStatus(`backup '${input.backupId}' is already being verified (workflow ${workflowId})`);
-      throw e;
+      throw await this.explainRefusal(e);
     }
   }
 
@@ -197,6 +212,8 @@ export class GbackupClient {
       const d = await handle.describe();
       return { scheduleId, nextRuns: d.info.nextActionTimes.slice(0, 3).map((t) => t.toISOString()) };
     } catch (e) {
+      const explained = await this.explainRefusal(e);
+      if (explained !== e) throw explained;
       // The server refuses a malformed cron expression with its own words.
       if (e instanceof Error && /cron|invalid/i.test(e.message)) throw new InvalidInput(`invalid --schedule '${cron}': ${e.message}`);
       throw e;

@@ -58,7 +58,6 @@ export const VolumeTarget = z.strictObject({
  */
 export const Target = z.discriminatedUnion('driver', [VolumeTarget, PosixTarget, S3Target]);
 export type TargetConfig = z.infer<typeof Target>;
-export type VolumeTargetConfig = z.infer<typeof VolumeTarget>;
 
 export const NodeConfig = z.strictObject({
   name: nameSchema('node name'),
@@ -73,6 +72,8 @@ export const Config = z
         address: z.string().min(1).default('127.0.0.1:7233'),
         namespace: z.string().min(1).default('default'),
         taskQueue: nameSchema('taskQueue').default(DEFAULT_TASK_QUEUE),
+        /** A control worker adds gbackup's missing search attributes to the namespace at start; off: it refuses to start without them. */
+        registerSearchAttributes: z.boolean().default(true),
       })
       .prefault({}),
     /** Catalog, node ledgers and other local state. Relative paths are relative to the config file. */

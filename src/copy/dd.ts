@@ -17,7 +17,15 @@ import type { Extent } from './extents.js';
 import type { Throttle } from './throttle.js';
 import { GbackupError } from '../errors.js';
 
-export class CopyFailed extends GbackupError {}
+export class CopyFailed extends GbackupError {
+  constructor(
+    message: string,
+    /** The errno dd reported, when its message names one we act on (ENOSPC: the destination is full). */
+    readonly code?: string,
+  ) {
+    super(message);
+  }
+}
 
 export interface CopyProgress {
   /** Every byte of every extent below this offset is on the destination. */
@@ -39,8 +47,6 @@ export interface CopyRequest {
   throttle?: Throttle;
   signal?: AbortSignal;
   onProgress?: (p: CopyProgress) => void;
-  /** Called with dd's pid so a crash can be cleaned up after (the node ledger). */
-  onSpawn?: (pid: number) => void;
 }
 
 /** Largest byte count dd reported so far in its status lines. */
@@ -67,7 +73,6 @@ async function ddRange(req: CopyRequest, from: number, to: number, report: (copi
     'status=progress',
   ];
   const child = execa('dd', args, { cancelSignal: req.signal, reject: false, stdin: 'ignore', buffer: { stderr: true, stdout: false } });
-  if (child.pid !== undefined) req.onSpawn?.(child.pid);
   child.stderr?.setEncoding('utf8');
   child.stderr?.on('data', (chunk: string) => {
     const n = ddBytes(chunk);
@@ -76,8 +81,12 @@ async function ddRange(req: CopyRequest, from: number, to: number, report: (copi
   const r = await child;
   if (req.signal?.aborted) throw req.signal.reason instanceof Error ? req.signal.reason : new CopyFailed('copy cancelled');
   if (r.exitCode !== 0) {
-    const tail = String(r.stderr ?? '').split(/[\r\n]/).filter((l) => l.trim() && !/bytes .* copied/.test(l)).slice(-3).join('; ');
-    throw new CopyFailed(`dd failed at bytes ${from}-${to} (exit ${r.exitCode ?? r.signal}): ${tail || 'no message'}`);
+    const lines = String(r.stderr ?? '').split(/[\r\n]/).filter((l) => l.trim() !== '');
+    // dd's own complaints ("dd: error writing ...") say what went wrong; the record counts after them do not.
+    const complaints = lines.filter((l) => l.startsWith('dd:'));
+    const tail = (complaints.length > 0 ? complaints : lines.filter((l) => !/bytes.*copied|records (in|out)/.test(l))).slice(-3).join('; ');
+    const code = lines.some((l) => /No space left on device/i.test(l)) ? 'ENOSPC' : undefined;
+    throw new CopyFailed(`dd failed at bytes ${from}-${to} (exit ${r.exitCode ?? r.signal}): ${tail || 'no message'}`, code);
   }
   report(to - from);
 }

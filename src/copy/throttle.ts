@@ -14,15 +14,11 @@ export class Throttle {
   private nextFree = 0;
 
   constructor(
-    private bps: number | undefined,
+    private readonly bps: number | undefined,
     /** A further limit of just this copy, read at every slice so it can change mid-copy. */
     private readonly ownLimit?: () => number | undefined,
     private readonly parent?: Throttle,
   ) {}
-
-  setLimit(bps: number | undefined): void {
-    this.bps = bps;
-  }
 
   /** The limit in force, or undefined when there is none. */
   limit(): number | undefined {

@@ -20,6 +20,9 @@ import { reconcileLedger } from '../node/reconcile.js';
 import { Runtime } from '../runtime.js';
 import { sweepAbandoned } from '../abandoned.js';
 import { keepAlive } from './keepalive.js';
+import { reportRetries, type StepFailure } from './retries.js';
+import { ensureSearchAttributes } from './search-attributes.js';
+import { checkTarget, describeCheck } from '../drivers/backup/check.js';
 
 /** The workflows directory, as .ts under vitest/tsx and as .js when built. */
 export function workflowsPath(): string {
@@ -97,9 +100,17 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
   let ledger: AttachmentLedger | undefined;
   let reconcileTimer: NodeJS.Timeout | undefined;
   let sweepTimer: NodeJS.Timeout | undefined;
+  const retries = reportRetries((workflowId: string, f: StepFailure) => {
+    void sideCall(() => client.workflow.getHandle(workflowId).signal('stepFailed', f)).catch(() => undefined);
+  });
+  const started: string[] = [];
+  let stopping = false;
 
   try {
     if (roles.control) {
+      // Before anything polls: the workflows upsert these, and a start without them is refused.
+      const added = await ensureSearchAttributes(clientConnection, { address: config.temporal.address, namespace: config.temporal.namespace, register: config.temporal.registerSearchAttributes });
+      if (added.length > 0) log(`gbackup worker: registered search attributes ${added.join(', ')} in namespace '${config.temporal.namespace}'`);
       workers.push(
         await Worker.create({
           connection,
@@ -110,7 +121,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
           // After a worker dies, its cached workflows wait this long before another worker
           // takes them over (default 10 s).
           stickyQueueScheduleToStartTimeout: '3 seconds',
-          interceptors: { activity: [keepAlive] },
+          interceptors: { activity: [keepAlive, retries] },
           maxHeartbeatThrottleInterval: '1 second',
         }),
       );
@@ -128,6 +139,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
           .catch((e: unknown) => log(`gbackup: snapshot sweep failed: ${String(e)}`))
           .finally(() => (sweeping = false));
       }, config.timeouts.reconcileEvery * 1000);
+      started.push(`control role on task queue '${config.temporal.taskQueue}' (workflows, catalog and backend management)`);
     }
     if (roles.node) {
       const connector = new LoopConnector(runtime.nodeRoots(node));
@@ -150,7 +162,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
           connection,
           namespace: config.temporal.namespace,
           taskQueue: nodeTaskQueue(config.temporal.taskQueue, node),
-          interceptors: { activity: [keepAlive] },
+          interceptors: { activity: [keepAlive, retries] },
           // The copy's offset reaches the server at least every second: a resume after
           // a crash repeats at most about a second of copying.
           maxHeartbeatThrottleInterval: '1 second',
@@ -166,6 +178,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
           }),
         }),
       );
+      started.push(`node role '${node}' on task queue '${nodeTaskQueue(config.temporal.taskQueue, node)}' (attach, copy, detach; backends ${runtime.node(node).backends.join(', ')})`);
     }
   } catch (e) {
     clearInterval(reconcileTimer);
@@ -175,8 +188,25 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
     throw e;
   }
 
-  log(`gbackup worker: node '${node}', task queues: ${workers.map((w) => w.options.taskQueue).join(', ')} on ${config.temporal.address}`);
+  for (const line of started) log(`gbackup worker: ${line}, Temporal ${config.temporal.address} namespace '${config.temporal.namespace}'`);
+  // Object targets this host cannot use are worth a warning now, not a failed backup at 3 am;
+  // checked in the background, so an unreachable store does not hold up polling.
+  void Promise.all(
+    config.targets
+      .filter((t) => t.driver !== 'volume')
+      .map(async (t) => {
+        try {
+          const c = await checkTarget(await runtime.objectTarget(t.name));
+          if (stopping) return;
+          if (!c.ok) log(`gbackup worker: WARNING: ${describeCheck(c)}`);
+          else if (c.createdBucket) log(`gbackup worker: ${describeCheck(c)}`);
+        } catch (e) {
+          if (!stopping) log(`gbackup worker: WARNING: target '${t.name}': ${(e as Error).message}`);
+        }
+      }),
+  );
   const done = Promise.all(workers.map((w) => w.run())).then(async () => {
+    stopping = true;
     await Promise.all(inFlight);
     clearInterval(reconcileTimer);
     clearInterval(sweepTimer);
@@ -190,6 +220,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
     node,
     done,
     async shutdown() {
+      stopping = true;
       for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
       await done;
     },

@@ -18,7 +18,7 @@
 import { ActivityCancellationType, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control.js';
 import type { NodeActivities } from '../activities/node.js';
-import { NON_RETRYABLE_ERROR_TYPES } from '../errors.js';
+import { NON_RETRYABLE_ERROR_TYPES } from '../error-registry.js';
 import { nodeTaskQueue } from '../api.js';
 
 const retry = {

@@ -18,10 +18,14 @@ import {
 import { TimeoutType } from '@temporalio/common';
 import type { z } from 'zod';
 import { QUERIES, SEARCH_ATTRIBUTES, type Progress } from '../api.js';
+import { DAMAGED_BACKUP_TYPES } from '../error-registry.js';
 import type { CopyProgressSignal } from '../activities/node.js';
+import type { StepFailure } from '../workers/retries.js';
 
 export const progressQuery = defineQuery<Progress>(QUERIES.progress);
 export const copyProgressSignal = defineSignal<[CopyProgressSignal]>('copyProgress');
+/** A step's attempt failed and will be retried (workers/retries.ts). */
+export const stepFailedSignal = defineSignal<[StepFailure]>('stepFailed');
 /** Per-backup copy limit in bytes/s (null: none), read by the copy between slices. */
 export const copyLimitQuery = defineQuery<number | null>('copyLimit');
 export const throttleUpdate = defineUpdate<number | null, [{ bps: number | null }]>('throttle');
@@ -47,9 +51,6 @@ export function failureReason(err: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-/** Failure types that mean the stored backup itself is damaged (drivers/backup/errors.ts). */
-const DAMAGED_BACKUP_TYPES = ['ChunkCorrupt', 'DecryptionFailed', 'ChunkMissing', 'BackupCorrupt', 'BackupChainBroken'];
-
 export function failureType(err: unknown): string | undefined {
   let e: unknown = err;
   while (e instanceof ActivityFailure && e.cause) e = e.cause;
@@ -58,7 +59,7 @@ export function failureType(err: unknown): string | undefined {
 
 export function isDamagedBackup(err: unknown): boolean {
   const t = failureType(err);
-  return t !== undefined && DAMAGED_BACKUP_TYPES.includes(t);
+  return t !== undefined && DAMAGED_BACKUP_TYPES.has(t);
 }
 
 /** A node that never picks up its work, or stops heartbeating, is treated as lost. */
@@ -71,6 +72,7 @@ export function isNodeLost(err: unknown): boolean {
 export class Tracker {
   readonly state: Progress;
   private limit: number | null = null;
+  private retrying = false;
 
   constructor(init: Partial<Progress>) {
     this.state = { phase: 'starting', bytesDone: 0, bytesTotal: 0, rateBps: 0, node: null, backupId: null, volumeId: null, ...init };
@@ -79,6 +81,11 @@ export class Tracker {
       this.state.bytesDone = p.bytesDone;
       this.state.bytesTotal = p.bytesTotal;
       this.state.rateBps = p.rateBps;
+    });
+    setHandler(stepFailedSignal, (f) => {
+      this.state.lastError = f;
+      this.retrying = true;
+      this.details();
     });
     setHandler(copyLimitQuery, () => this.limit);
     setHandler(
@@ -102,7 +109,15 @@ export class Tracker {
 
   phase(phase: string): void {
     this.state.phase = phase;
-    setCurrentDetails(`**${phase}**${this.state.node ? ` on node ${this.state.node}` : ''}`);
+    // A new phase means the retried step got through: lastError stays for the query, the UI moves on.
+    this.retrying = false;
+    this.details();
+  }
+
+  /** The UI's current details: the phase, and the retried error while there is one. */
+  private details(): void {
+    const e = this.retrying ? this.state.lastError : undefined;
+    setCurrentDetails(`**${this.state.phase}**${this.state.node ? ` on node ${this.state.node}` : ''}${e ? `\n\nretrying ${e.step} (attempt ${e.attempt} failed: ${e.type}: ${e.message})` : ''}`);
   }
 
   status(status: string): void {

@@ -18,10 +18,6 @@ export class Saga {
     this.steps.length = 0;
   }
 
-  get size(): number {
-    return this.steps.length;
-  }
-
   /** Runs every undo, newest first; returns the names of those that failed. */
   async unwind(): Promise<string[]> {
     const failed: string[] = [];

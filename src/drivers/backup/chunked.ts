@@ -16,7 +16,7 @@
  */
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import { execa } from 'execa';
-import { Cancelled, BackupNotFound, InvalidInput, VolumeTooSmall } from '../../errors.js';
+import { Cancelled, BackupNotFound, GbackupError, InvalidInput, VolumeTooSmall } from '../../errors.js';
 import { idSchema } from '../../api.js';
 import { parseSeekTable, type Extent } from '../../copy/extents.js';
 import type { Throttle } from '../../copy/throttle.js';
@@ -105,6 +105,11 @@ export class ChunkedTarget {
     return this.config.encryption !== undefined;
   }
 
+  /** Throws a StoreUnusable naming what is wrong when the store cannot be used at all; see ObjectStore.ready. */
+  ready(): Promise<{ created: boolean }> {
+    return this.store.ready();
+  }
+
   /** The configured key, or null when the target does not encrypt. Throws MissingKey/InvalidKey. */
   key(): Promise<Buffer | null> {
     this.keyPromise ??= loadKey(this.config.encryption, this.config.name, this.env);
@@ -154,6 +159,8 @@ class DoneMarks {
 }
 
 const asError = (e: unknown): Error => (e instanceof Error ? e : new Error(String(e)));
+/** The error's class says a retry cannot cure it (errors.ts). */
+const isPermanent = (e: Error): boolean => e instanceof GbackupError && (e.constructor as typeof GbackupError).permanent;
 
 /**
  * Calls fn(0) .. fn(count - 1), at most `limit` at a time. The first error stops new calls;
@@ -724,7 +731,14 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
     if (!failure && opts.signal?.aborted) failure = abortError(opts.signal, `backup '${backupId}'`);
     if (failure) {
       // What is done is recorded, so the retry does not redo it.
-      await writeJournal().catch(() => undefined);
+      const recorded = await writeJournal().then(
+        () => true,
+        () => false,
+      );
+      // No retry follows a permanent failure, and the compensation can only reclaim what the
+      // journal lists; when even the journal could not be written (a full store), the chunks
+      // this backup stored are reclaimed now, sparing those other backups use.
+      if (!recorded && isPermanent(failure)) await deleteBackup({ target, backupId, also: [...sizes.keys()] }).catch(() => undefined);
       throw failure;
     }
   } finally {
@@ -1053,7 +1067,13 @@ export interface DeleteBackupResult {
  * so an interrupted delete leaves a backup marked unusable rather than one that looks
  * complete with chunks missing; running the delete again finishes it.
  */
-export async function deleteBackup(opts: { target: ChunkedTarget; backupId: string; concurrency?: number }): Promise<DeleteBackupResult> {
+export async function deleteBackup(opts: {
+  target: ChunkedTarget;
+  backupId: string;
+  concurrency?: number;
+  /** Chunks the caller knows this backup stored beyond what its metadata and journal list (sha256 hex). */
+  also?: string[];
+}): Promise<DeleteBackupResult> {
   const { target, backupId } = opts;
   const store = target.store;
   const all = await scanBackups(store);
@@ -1068,15 +1088,21 @@ export async function deleteBackup(opts: { target: ChunkedTarget; backupId: stri
   const space = me.metadata?.chunkSpace ?? me.pending?.chunkSpace;
   if (me.metadata && !me.deleting) await store.put(keys.deleting(backupId), Buffer.from(JSON.stringify({ backupId, at: new Date().toISOString() })));
 
-  const mine = new Set<string>();
+  const mine = new Set<string>(opts.also ?? []);
   for (const e of me.metadata?.chunks ?? []) mine.add(e.sha256);
-  for (const j of await readJournals(store, me.journals)) for (const s of j.shas) if (s) mine.add(s);
+  for (const j of await readJournals(store, me.journals)) {
+    for (const s of j.shas) if (s) mine.add(s);
+    // Chunks stored past the contiguous prefix, recorded by their sizes.
+    for (const s of Object.keys(j.sizes ?? {})) mine.add(s);
+  }
   const shared = new Set<string>();
   for (const b of all.values()) {
     if (b.backupId === backupId) continue;
     if ((b.metadata?.chunkSpace ?? b.pending?.chunkSpace) !== space) continue;
     for (const e of b.metadata?.chunks ?? []) if (mine.has(e.sha256)) shared.add(e.sha256);
-    if (!b.metadata) for (const j of await readJournals(store, b.journals)) for (const s of j.shas) if (s && mine.has(s)) shared.add(s);
+    if (!b.metadata) {
+      for (const j of await readJournals(store, b.journals)) for (const s of [...j.shas, ...Object.keys(j.sizes ?? {})]) if (s && mine.has(s)) shared.add(s);
+    }
   }
   const doomed = space === undefined ? [] : [...mine].filter((s) => !shared.has(s)).map((s) => keys.chunk(space, s));
   await forEachLimited(Math.max(1, opts.concurrency ?? 8), doomed.length, (i) => store.delete(doomed[i]!));

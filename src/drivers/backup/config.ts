@@ -85,6 +85,8 @@ export const S3Target = z.strictObject({
   forcePathStyle: z.boolean().default(false),
   /** JSON file {accessKeyId, secretAccessKey, sessionToken?}; else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY. */
   credentialsFile: path('credentialsFile').optional(),
+  /** Make the bucket when it is missing (at worker start and before a backup); off: a missing bucket is an error. */
+  createBucket: z.boolean().default(false),
 });
 export type S3Target = z.infer<typeof S3Target>;
 

@@ -19,8 +19,6 @@ import { GbackupError, InvalidConfig } from '../../errors.js';
 
 /** statfs(2) f_type of btrfs (BTRFS_SUPER_MAGIC). */
 export const BTRFS_SUPER_MAGIC = 0x9123683e;
-/** Inode number of every subvolume's root directory on btrfs (BTRFS_FIRST_FREE_OBJECTID). */
-const SUBVOLUME_ROOT_INODE = 256;
 
 export class BtrfsError extends GbackupError {}
 
@@ -112,11 +110,6 @@ export class BtrfsVolumeDriver extends FileVolumeDriver {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
       throw e;
     }
-  }
-
-  /** True when the pool's directory is a subvolume (not just a directory on btrfs). */
-  async isSubvolume(pool: string | null): Promise<boolean> {
-    return (await stat(this.placeLocation(pool))).ino === SUBVOLUME_ROOT_INODE;
   }
 
   /**

@@ -7,16 +7,13 @@ import { constants as fsc } from 'node:fs';
 import { copyFile, mkdir, open, readdir, readFile, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
 import { BaseVolumeDriver, type ConnectionInfo, type DriverCapabilities, type VolumeLocator } from './driver.js';
-import { GbackupError, InvalidName } from '../../errors.js';
-
+import { InvalidName, VolumeExists } from '../../errors.js';
 const SAFE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
 /** Defence in depth: names were validated at the edge, but a path is built here. */
 export function assertSafeName(name: string): void {
   if (!SAFE.test(name) || name.includes('..') || name.length > 128) throw new InvalidName(`unsafe storage name '${name}'`);
 }
-
-export class VolumeExists extends GbackupError {}
 
 export class FileVolumeDriver extends BaseVolumeDriver {
   readonly driverName: string = 'file';
