@@ -3,6 +3,7 @@
  * stderr, exit 0 / 1 / 2. Workflows run on the suite's real Temporal server.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { MiB } from '../src/size.js';
@@ -109,7 +110,12 @@ describe('gbackup CLI', () => {
     expect(be.code).toBe(0);
     const alpha = (be.json as unknown as Record<string, unknown>[]).find((b) => b.name === 'alpha');
     expect(alpha).toMatchObject({ driver: 'file', pools: ['gold', 'silver'], sparseCopy: true, storageAssistedBackup: false });
-    expect(alpha?.freeBytes).toBeGreaterThan(0);
+    // The numbers are the filesystem's own (statfs of the pool directory), not placeholders.
+    const fs = await statfs(join(env.dir, 'alpha', 'gold'));
+    expect(alpha?.totalBytes).toBe(fs.blocks * fs.bsize);
+    // Free space moves with other writers; a few MiB of slack between the two readings.
+    expect(Math.abs((alpha?.freeBytes as number) - fs.bavail * fs.bsize)).toBeLessThan(64 * MiB);
+    expect(alpha?.freeBytes as number).toBeLessThanOrEqual(alpha?.totalBytes as number);
 
     // Temporal unreachable: the operation cannot run -> exit 1.
     const cfg = env.configFile.replace('config.yaml', 'unreachable.yaml');

@@ -22,6 +22,8 @@ import { BACKUP_STEPS, describeOutcome, FAULTS, RESTORE_STEPS, underFault, waitF
 let env: TestEnv;
 let worker: WorkerProcess;
 let failpointsFile: string;
+let source: { id: string; sum: string };
+let fixtureBackup: string;
 const matrix: { backup: Record<string, string>; restore: Record<string, string> } = { backup: {}, restore: {} };
 
 beforeAll(async () => {
@@ -32,6 +34,12 @@ beforeAll(async () => {
   worker = workerProcess({ dir: env.dir, configFile: env.configFile });
   failpointsFile = join(env.dir, 'failpoints-worker');
   await worker.start();
+  // An in-use source volume (so the snapshot step exists) and a backup to restore from.
+  const vol = await volumeWithData(env, 'alpha', 'gold', 24, [0, 8, 16]);
+  await new Snapshots(env.rt).attach(vol.id, 'vm-faults');
+  source = { id: vol.id, sum: await env.volumes.sha256(vol.id) };
+  const h = await env.client.startBackup({ volumeId: vol.id, backupId: `bak-${randomBytes(4).toString('hex')}`, force: true }, { target: 'vault', backend: 'alpha' });
+  fixtureBackup = (await env.client.result<BackupResult>(h)).backup.id;
 });
 
 afterAll(async () => {
@@ -45,18 +53,8 @@ afterAll(async () => {
   await env?.cleanup();
 });
 
-let source: { id: string; sum: string };
-let fixtureBackup: string;
 
 describe('fault matrix', () => {
-  it('prepares an in-use source volume (so the snapshot step exists) and a backup to restore from', async () => {
-    const vol = await volumeWithData(env, 'alpha', 'gold', 24, [0, 8, 16]);
-    await new Snapshots(env.rt).attach(vol.id, 'vm-faults');
-    source = { id: vol.id, sum: await env.volumes.sha256(vol.id) };
-    const h = await env.client.startBackup({ volumeId: vol.id, backupId: `bak-${randomBytes(4).toString('hex')}`, force: true }, { target: 'vault', backend: 'alpha' });
-    fixtureBackup = (await env.client.result<BackupResult>(h)).backup.id;
-  });
-
   for (const step of BACKUP_STEPS) {
     for (const fault of FAULTS) {
       it(`backup: ${step} x ${fault}`, async () => {

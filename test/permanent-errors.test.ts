@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { freePort } from '../src/devserver.js';
+import { listLoopDevices } from '../src/connectors/loop.js';
 import { listAll } from '../src/drivers/backup/store.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
@@ -101,7 +102,11 @@ afterAll(async () => {
     );
     delete process.env.GBACKUP_FAILPOINTS_FILE;
     await env?.workers?.shutdown().catch(() => undefined);
-    for (const m of mounts.reverse()) await execa('umount', [m], { reject: false });
+    // A loop device over a file on a mount keeps it busy: detach first, even after a failed test.
+    for (const d of await listLoopDevices()) if (env && d.backingFile.startsWith(`${env.dir}/`)) await execa('losetup', ['-d', d.device], { reject: false });
+    for (const m of mounts.reverse()) {
+      if ((await execa('umount', [m], { reject: false })).exitCode !== 0) await execa('umount', ['--lazy', m], { reject: false });
+    }
   } finally {
     await env?.cleanup();
     await minio?.stop();

@@ -296,7 +296,8 @@ export function createControlActivities(rt: Runtime) {
     async failBackup(input: { backupId: string; reason: string }): Promise<void> {
       const c = cat();
       const b = c.findBackup(input.backupId);
-      if (!b) return;
+      // Only this workflow's own backup: a refused duplicate id must not fail someone else's.
+      if (!b || b.workflowId !== workflowId()) return;
       c.tx(() => {
         if (b.status === 'creating') c.transitionBackup(b.id, ['creating'], 'error', { error: input.reason });
         const v = c.findVolume(b.volumeId);

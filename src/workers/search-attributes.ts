@@ -7,7 +7,10 @@
  * otherwise refuses to start with the exact commands that register them. The CLI turns
  * the server's refusal into the same message.
  */
-import type { Connection } from '@temporalio/client';
+import type { ConnectionLike } from '@temporalio/client';
+
+/** Only the operator service is used: any connection (client or a test's) will do. */
+type Operator = Pick<ConnectionLike, 'operatorService'>;
 import { SEARCH_ATTRIBUTES } from '../api.js';
 import { MissingSearchAttributes } from '../errors.js';
 
@@ -34,7 +37,7 @@ export function missingMessage(names: string[], t: Target, why: string): string 
 }
 
 /** Attributes of ours the namespace lacks (every one of ours is a Keyword). */
-export async function missingSearchAttributes(connection: Connection, namespace: string): Promise<string[]> {
+export async function missingSearchAttributes(connection: Operator, namespace: string): Promise<string[]> {
   const r = await connection.operatorService.listSearchAttributes({ namespace });
   const have = r.customAttributes ?? {};
   return SEARCH_ATTRIBUTE_NAMES.filter((n) => have[n] === undefined);
@@ -45,7 +48,7 @@ export async function missingSearchAttributes(connection: Connection, namespace:
  * MissingSearchAttributes (listing the attributes and the commands) when it may not or
  * the server refuses.
  */
-export async function ensureSearchAttributes(connection: Connection, t: Target & { register: boolean }): Promise<string[]> {
+export async function ensureSearchAttributes(connection: Operator, t: Target & { register: boolean }): Promise<string[]> {
   const missing = await missingSearchAttributes(connection, t.namespace);
   if (missing.length === 0) return [];
   if (!t.register) throw new MissingSearchAttributes(missingMessage(missing, t, 'temporal.registerSearchAttributes is off, so the worker does not add them'));

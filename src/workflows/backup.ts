@@ -7,9 +7,9 @@
  * Every step pushes its undo first; on failure or cancel the undos run in reverse, so
  * no attachment or half-made volume survives, and the source returns to its status.
  */
-import { CancellationScope, log, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
+import { CancellationScope, log, patched, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
 import { BackupVolumeInput, SEARCH_ATTRIBUTES, type BackupResult } from '../api.js';
-import { activities, control } from './activities.js';
+import { activities, compensation as defaultCompensation, control } from './activities.js';
 import { failureReason, parseInput, Tracker } from './common.js';
 import { runDataPath } from './datapath.js';
 import { runOnAttached } from './objectpath.js';
@@ -28,6 +28,11 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
   let reason = '';
   try {
     tracker.phase('validating');
+    // beginBackup claims the volume and records the backup in one transaction; should it fail
+    // or be cancelled after that commit, this undo puts both back (it finds nothing otherwise).
+    // Versioned: histories from before it had no undo here.
+    const undoBegin = patched('fail-backup-after-begin');
+    if (undoBegin) saga.add('fail backup', () => defaultCompensation.failBackup({ backupId, reason }));
     const plan = await control.beginBackup({
       backupId,
       volumeId: input.volumeId,
@@ -38,7 +43,7 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
       ...(input.incremental !== undefined ? { incremental: input.incremental } : {}),
     });
     const { control: ctl, compensation } = activities(plan.timeouts);
-    saga.add('fail backup', () => compensation.failBackup({ backupId, reason }));
+    if (!undoBegin) saga.add('fail backup', () => compensation.failBackup({ backupId, reason }));
     if (plan.tempSnapshot) {
       const snapshotId = plan.tempSnapshot.name;
       // Removed on every outcome: by the saga on failure or cancel, right after finalize on success.

@@ -12,8 +12,8 @@ import type { WorkerProcess } from './worker-process.js';
 
 export const FAULTS = ['error', 'transient', 'crash', 'cancel'] as const;
 export type FaultKind = (typeof FAULTS)[number];
-export const BACKUP_STEPS = ['snapshot', 'create-destination', 'attach-source', 'attach-destination', 'copy', 'detach', 'finalize', 'cleanup'] as const;
-export const RESTORE_STEPS = ['create-destination', 'attach-source', 'attach-destination', 'copy', 'detach', 'finalize'] as const;
+export const BACKUP_STEPS = ['backup.begin', 'snapshot', 'assisted-copy', 'create-destination', 'attach-source', 'attach-destination', 'copy', 'detach', 'finalize', 'cleanup'] as const;
+export const RESTORE_STEPS = ['assisted-copy', 'create-destination', 'attach-source', 'attach-destination', 'copy', 'detach', 'finalize'] as const;
 
 export async function waitFor(what: string, fn: () => Promise<boolean> | boolean, ms = 60_000, detail: () => string = () => ''): Promise<void> {
   const deadline = Date.now() + ms;
