@@ -18,10 +18,10 @@ import type { BackupResult, RestoreResult } from '../src/api.js';
 import { GbackupClient } from '../src/client/client.js';
 import { parseConfig } from '../src/config/load.js';
 import { listLoopDevices } from '../src/connectors/loop.js';
-import { repoRoot, startDevServer } from '../src/devserver.js';
-import { Runtime } from '../src/runtime.js';
+import { repoRoot, startDevServer } from '../src/dev/devserver.js';
+import { Runtime } from '../src/services/runtime.js';
 import { MiB } from '../src/size.js';
-import { Volumes } from '../src/volumes.js';
+import { Volumes } from '../src/services/volumes.js';
 import { startWorkers } from '../src/workers/worker.js';
 import { makeBtrfsFilesystem } from '../test/helpers/btrfs.js';
 

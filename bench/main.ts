@@ -30,10 +30,11 @@ import { parseConfig } from '../src/config/load.js';
 import { listLoopDevices } from '../src/connectors/loop.js';
 import { copyExtents } from '../src/copy/dd.js';
 import { dataExtents } from '../src/copy/extents.js';
-import { repoRoot, startDevServer, temporalBinary, type DevServer } from '../src/devserver.js';
-import { Runtime } from '../src/runtime.js';
+import { repoRoot, startDevServer, temporalBinary, type DevServer } from '../src/dev/devserver.js';
+import { Runtime } from '../src/services/runtime.js';
 import { MiB } from '../src/size.js';
-import { sha256File, Volumes } from '../src/volumes.js';
+import { Volumes } from '../src/services/volumes.js';
+import { sha256File } from '../src/copy/checksum.js';
 import { startWorkers, type RunningWorkers } from '../src/workers/worker.js';
 
 const GiB = 1024 * MiB;

@@ -6,6 +6,10 @@
  */
 import { z } from 'zod';
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+import { idSchema, nameSchema } from './names.js';
+
+/** Ids and names: what other services may send (names.ts). */
+export { idSchema, nameSchema };
 
 /** Workflow type names, stable across releases. */
 export const WORKFLOWS = {
@@ -17,37 +21,6 @@ export const WORKFLOWS = {
 } as const;
 
 export const DEFAULT_TASK_QUEUE = 'gbackup';
-
-/**
- * Ids and names reach file paths and command lines (a volume `vol-1` becomes
- * `<backend>/<pool>/vol-1.img`), so they are restricted to a conservative alphabet.
- * `..`, `/` and NUL are impossible by construction; the explicit checks make the
- * error say which rule was broken.
- */
-const forbidden = (what: string) =>
-  z
-    .string({ error: `${what} must be a string` })
-    .refine((s) => !s.includes('\0'), { message: `${what} must not contain NUL` })
-    .refine((s) => !s.includes('/'), { message: `${what} must not contain '/'` })
-    .refine((s) => !s.includes('..'), { message: `${what} must not contain '..'` });
-
-export const idSchema = (what = 'id') =>
-  forbidden(what).pipe(
-    z
-      .string()
-      .min(1, `${what} must not be empty`)
-      .max(64, `${what} must be at most 64 characters`)
-      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, `${what} may only contain letters, digits, '.', '_' and '-', starting with a letter or digit`),
-  );
-
-export const nameSchema = (what = 'name') =>
-  forbidden(what).pipe(
-    z
-      .string()
-      .min(1, `${what} must not be empty`)
-      .max(128, `${what} must be at most 128 characters`)
-      .regex(/^[A-Za-z0-9][A-Za-z0-9._:+@-]*$/, `${what} may only contain letters, digits and . _ : + @ -, starting with a letter or digit`),
-  );
 
 export const BackupVolumeInput = z.strictObject({
   volumeId: idSchema('volumeId'),

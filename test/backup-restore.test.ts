@@ -9,7 +9,7 @@ import { open } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import type { BackupResult, RestoreResult } from '../src/api.js';
 import { MiB } from '../src/size.js';
-import { sha256File } from '../src/volumes.js';
+import { sha256File } from '../src/copy/checksum.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 
@@ -117,7 +117,7 @@ describe('generic backup and restore between backends', () => {
     const src = await volumeWithData(env, 'alpha', 'gold', 8, [0]);
     const sum = await env.volumes.sha256(src.id);
     const b = await backup(src.id);
-    const { rebuildCatalog } = await import('../src/rebuild.js');
+    const { rebuildCatalog } = await import('../src/services/rebuild.js');
     const known = env.rt.catalog.listBackups().length;
     // Lose the backup's catalog entry, as with a lost catalog.
     env.rt.catalog.deleteBackupRecord(b.id);

@@ -12,7 +12,7 @@ import { ApplicationFailure, ActivityFailure } from '@temporalio/common';
 import { WORKFLOWS, workflowIds } from '../src/api.js';
 import { parseConfig } from '../src/config/load.js';
 import { SameStorageTarget } from '../src/errors.js';
-import { Runtime } from '../src/runtime.js';
+import { Runtime } from '../src/services/runtime.js';
 import { MiB } from '../src/size.js';
 import { startWorkers } from '../src/workers/worker.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
@@ -130,7 +130,7 @@ describe('bad input through the workflows, as other services start them', () => 
 
 describe('bad sizes and places through the volume API', () => {
   it('refuses sizes that are zero, negative, unparsable or beyond free space, and backup-only places', async () => {
-    const { checkSize } = await import('../src/volumes.js');
+    const { checkSize } = await import('../src/services/volumes.js');
     expect(() => checkSize('0')).toThrow(/greater than zero/);
     expect(() => checkSize('-5M')).toThrow(/greater than zero/);
     expect(() => checkSize('lots')).toThrow(/'lots' is not a size/);

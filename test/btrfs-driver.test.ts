@@ -11,8 +11,8 @@ import { mkdtemp, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { BtrfsVolumeDriver, isOnBtrfs } from '../src/drivers/volume/btrfs.js';
-import { FileVolumeDriver } from '../src/drivers/volume/file.js';
+import { BtrfsVolumeDriver, isOnBtrfs } from '../src/drivers/volume/btrfs/driver.js';
+import { FileVolumeDriver } from '../src/drivers/volume/file/driver.js';
 import { VolumeExists } from '../src/errors.js';
 import { makeBtrfsFilesystem, type BtrfsFilesystem } from './helpers/btrfs.js';
 

@@ -9,23 +9,17 @@ import { open, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  backupToStore,
-  ChunkedTarget,
-  deleteBackup,
-  exportRecord,
-  importRecord,
-  listBackupRecords,
-  listIncompleteBackups,
-  restoreFromStore,
-  verifyBackup,
-  type BackupProgress,
-  type BackupToStoreOptions,
-} from '../src/drivers/backup/chunked.js';
+import { backupToStore, type BackupProgress, type BackupToStoreOptions } from '../src/drivers/backup/backup.js';
+import { ChunkedTarget } from '../src/drivers/backup/target.js';
+import { deleteBackup } from '../src/drivers/backup/prune.js';
+import { exportRecord, importRecord } from '../src/drivers/backup/records.js';
+import { listBackupRecords, listIncompleteBackups } from '../src/drivers/backup/chain.js';
+import { restoreFromStore } from '../src/drivers/backup/restore.js';
+import { verifyBackup } from '../src/drivers/backup/verify.js';
 import { CodecPool } from '../src/drivers/backup/codec.js';
-import { ObjectTarget } from '../src/drivers/backup/config.js';
+import { ObjectTarget } from '../src/drivers/backup/stores/registry.js';
 import { keys } from '../src/drivers/backup/format.js';
-import { listAll, type ObjectStore, type PutOptions } from '../src/drivers/backup/store.js';
+import { listAll, type ObjectStore, type PutOptions } from '../src/drivers/backup/stores/store.js';
 import { cleanupOnExit, startMinio, type Minio } from './helpers/minio.js';
 
 const MiB = 1024 * 1024;

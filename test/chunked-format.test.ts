@@ -3,15 +3,19 @@
  * posix store, the chunk view arithmetic, keys and the chunk codec.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PosixTarget, resolveTargetPaths, S3Target } from '../src/drivers/backup/config.js';
+import { PosixTarget } from '../src/drivers/backup/stores/posix/config.js';
+import { resolveTargetPaths } from '../src/drivers/backup/stores/registry.js';
+import { S3Target } from '../src/drivers/backup/stores/s3/config.js';
 import { BufferPool, CHUNK_OVERHEAD, chunkSpace, CodecPool, dataKey, keyFingerprint, loadKey, parseKey, sharedCodecPool } from '../src/drivers/backup/codec.js';
 import { ChunkView, DEFAULT_CHUNK_SIZE, keys, parseMetadata, type BackupMetadata } from '../src/drivers/backup/format.js';
-import { checkKey, listAll, loadS3Credentials, PosixStore } from '../src/drivers/backup/store.js';
+import { checkKey, listAll } from '../src/drivers/backup/stores/store.js';
+import { loadS3Credentials } from '../src/drivers/backup/stores/s3/credentials.js';
+import { PosixStore } from '../src/drivers/backup/stores/posix/store.js';
 
 /** Asymmetric matchers typed as the strings they stand for, for toMatchObject. */
 const containing = (text: string) => expect.stringContaining(text) as string;
@@ -66,6 +70,8 @@ describe('posix store', () => {
   });
 
   it('puts atomically, gets, lists and deletes', async () => {
+    // The store's directory is the operator's to make; the store makes only what is below it.
+    mkdirSync(join(dir, 'store'));
     const s = new PosixStore(join(dir, 'store'));
     await s.put('backups/b1/metadata.json', Buffer.from('{}'));
     await s.put('chunks/plain/ab/abc', Buffer.from('x'));

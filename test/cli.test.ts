@@ -9,7 +9,7 @@ import { execa } from 'execa';
 import { MiB } from '../src/size.js';
 import { makeEnv, makeImage, yamlWith, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
-import { sha256File } from '../src/volumes.js';
+import { sha256File } from '../src/copy/checksum.js';
 
 let env: TestEnv;
 beforeAll(async () => {

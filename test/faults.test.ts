@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { BackupResult, RestoreResult } from '../src/api.js';
-import { Snapshots } from '../src/snapshots.js';
+import { Snapshots } from '../src/services/snapshots.js';
 import { makeEnv, volumeWithData, yamlWith, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { workerProcess, type WorkerProcess } from './helpers/worker-process.js';

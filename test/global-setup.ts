@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestProject } from 'vitest/node';
 import { bundleWorkflowCode } from '@temporalio/worker';
-import { startDevServer } from '../src/devserver.js';
+import { startDevServer } from '../src/dev/devserver.js';
 import { workflowsPath } from '../src/workers/worker.js';
 
 declare module 'vitest' {

@@ -10,13 +10,14 @@ import { join } from 'node:path';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createControlActivities } from '../src/activities/control.js';
 import { createNodeActivities } from '../src/activities/node.js';
-import { LoopConnector, listLoopDevices } from '../src/connectors/loop.js';
+import { listLoopDevices } from '../src/connectors/loop.js';
+import { Connectors } from '../src/connectors/registry.js';
 import { Throttle } from '../src/copy/throttle.js';
 import { AttachmentLedger } from '../src/node/ledger.js';
 import { MiB } from '../src/size.js';
-import { Snapshots } from '../src/snapshots.js';
+import { Snapshots } from '../src/services/snapshots.js';
 import { DEFAULT_YAML, makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
-import { listAll } from '../src/drivers/backup/store.js';
+import { listAll } from '../src/drivers/backup/stores/store.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { snapshotWorld } from './helpers/world.js';
 
@@ -58,7 +59,7 @@ async function twice<R>(workflowId: string, fn: () => Promise<R>) {
 describe('every activity is idempotent', () => {
   it('control and node activities of a whole backup and restore, each run twice', async () => {
     const control = createControlActivities(env.rt);
-    const node = createNodeActivities({ node: 'test', connector: new LoopConnector([env.dir]), ledger, throttle: new Throttle(undefined), blockSize: 4 * MiB });
+    const node = createNodeActivities({ node: 'test', connector: new Connectors([env.dir]), ledger, throttle: new Throttle(undefined), blockSize: 4 * MiB });
     const vol = await volumeWithData(env, 'alpha', 'gold', 16, [0, 8]);
     await new Snapshots(env.rt).attach(vol.id, 'vm');
     const wf = `backup-volume-${vol.id}`;
@@ -111,7 +112,7 @@ describe('every activity is idempotent', () => {
     const control = createControlActivities(env.rt);
     const node = createNodeActivities({
       node: 'test',
-      connector: new LoopConnector([env.dir]),
+      connector: new Connectors([env.dir]),
       ledger,
       throttle: new Throttle(undefined),
       blockSize: 4 * MiB,

@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { WorkflowHandle } from '@temporalio/client';
 import type { BackupResult, RestoreResult } from '../src/api.js';
 import { MiB } from '../src/size.js';
-import { Snapshots } from '../src/snapshots.js';
+import { Snapshots } from '../src/services/snapshots.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
 import { makeBtrfsFilesystem, type BtrfsFilesystem } from './helpers/btrfs.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';

@@ -277,7 +277,7 @@ describe('object backups between catalogs', () => {
     await scribble(env, src.id, 9, 4096);
     const inc = await backup(env, src.id, 'bucket', true);
     const sum = await env.volumes.sha256(src.id);
-    const { exportBackup, importBackup } = await import('../src/records.js');
+    const { exportBackup, importBackup } = await import('../src/services/records.js');
     const recFull = await exportBackup(env.rt, full.id);
     const recInc = await exportBackup(env.rt, inc.id);
 
@@ -318,7 +318,7 @@ describe('object backups between catalogs', () => {
     // A fresh catalog over the same posix directory.
     const fresh = await freshCatalogOverShelf();
     try {
-      const { rebuildCatalog } = await import('../src/rebuild.js');
+      const { rebuildCatalog } = await import('../src/services/rebuild.js');
       const r = await rebuildCatalog(fresh.rt);
       expect(r.imported).toEqual(expect.arrayContaining([full.id, inc.id]));
       expect(fresh.rt.catalog.backup(inc.id)).toMatchObject({ parentId: full.id, status: 'available', target: 'shelf', method: 'chunked' });

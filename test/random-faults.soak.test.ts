@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { BackupResult, RestoreResult } from '../src/api.js';
-import { Snapshots } from '../src/snapshots.js';
+import { Snapshots } from '../src/services/snapshots.js';
 import { makeEnv, volumeWithData, yamlWith, type TestEnv } from './helpers/env.js';
 import { BACKUP_STEPS, FAULTS, RESTORE_STEPS, underFault, waitFor, type FaultKind } from './helpers/faults.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';

@@ -14,7 +14,7 @@ import { inject } from 'vitest';
 import { Worker } from '@temporalio/worker';
 type History = Parameters<typeof Worker.runReplayHistory>[1];
 import { execa } from 'execa';
-import { temporalBinary } from '../src/devserver.js';
+import { temporalBinary } from '../src/dev/devserver.js';
 import { GbackupClient } from '../src/client/client.js';
 import { WORKFLOWS } from '../src/api.js';
 import { quietTemporal } from './helpers/env.js';

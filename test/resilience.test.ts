@@ -15,7 +15,7 @@ import { killStrayCopies } from '../src/copy/dd.js';
 import type { BackupResult } from '../src/api.js';
 import { spreadIndex } from '../src/activities/control.js';
 import { LoopConnector } from '../src/connectors/loop.js';
-import { startDevServer } from '../src/devserver.js';
+import { startDevServer } from '../src/dev/devserver.js';
 import { AttachmentLedger } from '../src/node/ledger.js';
 import { formatBytes, MiB } from '../src/size.js';
 import { startWorkers } from '../src/workers/worker.js';
@@ -76,7 +76,7 @@ describe('crashes', () => {
     const copy = p.lastCopy!;
     expect(copy.resumedFrom).toBeGreaterThan(0);
     expect(copy.resumedFrom + copy.bytesCopied).toBe(96 * MiB);
-    const { sha256File } = await import('../src/volumes.js');
+    const { sha256File } = await import('../src/copy/checksum.js');
     expect(await sha256File(backupFile)).toBe(sum);
     const recopied = writtenEnd - copy.resumedFrom;
     console.log(
@@ -110,7 +110,7 @@ describe('crashes', () => {
     const { backup } = await env.client.result<BackupResult>(h);
     expect(backup.status).toBe('available');
     const backupFile = env.rt.driver('beta').initializeConnection({ pool: null, name: `backup-${backupId}` }).path;
-    const { sha256File } = await import('../src/volumes.js');
+    const { sha256File } = await import('../src/copy/checksum.js');
     expect(await sha256File(backupFile)).toBe(sum);
     expect(env.rt.catalog.volume(vol.id).status).toBe('available');
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
@@ -167,7 +167,7 @@ describe('nodes', () => {
     cleanups.push(async () => n2.shutdown());
     const { backup } = await env.client.result<BackupResult>(h);
     expect(backup).toMatchObject({ status: 'available', node: 'n2' });
-    const { sha256File } = await import('../src/volumes.js');
+    const { sha256File } = await import('../src/copy/checksum.js');
     expect(await sha256File(env.rt.driver('beta').initializeConnection({ pool: null, name: `backup-${backupId}` }).path)).toBe(sum);
     // n1's ledger still holds what it attached (on a real second host, the loop devices
     // too; here both nodes share one kernel, so n2's detach already released them) ...
@@ -198,7 +198,7 @@ describe('nodes', () => {
     const conn = env.rt.driver('alpha').initializeConnection({ pool: 'gold', name: vol.id });
     const node = env.config.nodes[0]!.name;
     const ledger = new AttachmentLedger(join(env.config.stateDir, 'nodes', node, 'ledger.sqlite'));
-    ledger.record({ path: conn.path, backend: 'alpha', workflowId: 'backup-volume-long-gone' });
+    ledger.record({ protocol: conn.protocol, path: conn.path, backend: 'alpha', workflowId: 'backup-volume-long-gone' });
     ledger.close();
     const { device } = await new LoopConnector([env.dir]).connectVolume(conn);
     expect((await execa('losetup', ['-j', conn.path])).stdout).toContain(device);

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { parseConfig } from '../src/config/load.js';
-import { startDevServer, temporalBinary, type DevServer } from '../src/devserver.js';
+import { startDevServer, temporalBinary, type DevServer } from '../src/dev/devserver.js';
 import { startWorkers } from '../src/workers/worker.js';
 import { missingSearchAttributes, SEARCH_ATTRIBUTE_NAMES } from '../src/workers/search-attributes.js';
 import { MissingSearchAttributes } from '../src/errors.js';

@@ -7,51 +7,15 @@
 import { Context } from '@temporalio/activity';
 import type { VolumeStatus, VolumeView } from '../api.js';
 import { backupView, type BackupLocation } from '../catalog/catalog.js';
-import type { ConnectionInfo, VolumeLocator } from '../drivers/volume/driver.js';
-import { BackupInProgress, InsufficientSpace, InvalidInput, InvalidStatus, NoEligibleNode, VolumeTooSmall } from '../errors.js';
-import type { Runtime } from '../runtime.js';
-import type { Timeouts } from '../workflows/activities.js';
+import type { ConnectionInfo } from '../drivers/volume/driver.js';
+import { InsufficientSpace, InvalidInput, InvalidStatus, NoEligibleNode } from '../errors.js';
+import type { Runtime } from '../services/runtime.js';
+import type { BackupPlan, Loc, RestorePlan, Timeouts } from './plans.js';
 import { formatBytes } from '../size.js';
-import { failpoint } from '../failpoints.js';
-import { dataExtents, extentBytes } from '../copy/extents.js';
-import { BackupHasDependents } from '../drivers/backup/errors.js';
+import { failpoint } from './failpoints.js';
+import { copyExtentsOf, extentBytes } from '../copy/extents.js';
 import { checkReadable, createObjectActivities } from './objects.js';
-
-export interface Loc extends VolumeLocator {
-  backend: string;
-}
-
-export interface BackupPlan {
-  backupId: string;
-  volume: VolumeView;
-  target: string;
-  /** What the copy reads: the volume, a given snapshot, or the temporary snapshot. */
-  source: Loc;
-  /** The backup volume on a volume target; null for an object target. */
-  dest: Loc | null;
-  /** Set for a posix or s3 target: the chunked engine stores the backup there (absent in older histories). */
-  objectTarget?: string | null;
-  /** Object targets: build on the newest backup of the volume there. */
-  incremental?: boolean;
-  size: number;
-  /** Set when the volume is in use: the snapshot to take first and always remove. */
-  tempSnapshot: Loc | null;
-  timeouts: Timeouts;
-}
-
-export interface RestorePlan {
-  backupId: string;
-  volumeId: string;
-  /** The restore made this volume: on failure it is deleted, not put in `error`. */
-  createdVolume: boolean;
-  /** The backup volume of a volume target; null when the backup is in an object target. */
-  source: Loc | null;
-  /** Set when the backup is in a posix or s3 target (absent in older histories). */
-  objectTarget?: string | null;
-  dest: Loc;
-  size: number;
-  timeouts: Timeouts;
-}
+import { checkBackupSource, checkDeletable, checkIncrementalTarget, checkRestorable, checkRestoreOnto } from '../services/rules.js';
 
 export const backupVolumeName = (backupId: string) => `backup-${backupId}`;
 export const tempSnapshotName = (backupId: string) => `backup-snap-${backupId}`;
@@ -63,22 +27,6 @@ export interface BackupRecordFile {
   version: 1;
   backup: ReturnType<typeof backupView> & { location: BackupLocation };
   volume: { id: string; name: string; backend: string; pool: string | null; size: number };
-}
-
-/**
- * Temporary snapshots carry their backup's id, so the control worker can always find
- * the ones whose backup no longer runs (a cleanup that failed for good) and remove them.
- */
-export async function sweepTempSnapshots(rt: Runtime): Promise<string[]> {
-  const c = rt.catalog;
-  const removed: string[] = [];
-  for (const s of c.listSnapshots()) {
-    if (s.backupId === null || c.findBackup(s.backupId)?.status === 'creating') continue;
-    await rt.driver(s.backend).deleteVolume({ pool: s.pool, name: s.id });
-    c.deleteSnapshotRecord(s.id);
-    removed.push(s.id);
-  }
-  return removed;
 }
 
 /** Spreads copies over nodes deterministically by key, so a retry picks the same node. */
@@ -120,9 +68,7 @@ export function createControlActivities(rt: Runtime) {
       const existing = c.findBackup(input.backupId);
       const volume = c.volume(input.volumeId);
       const objectTarget = target.driver === 'volume' ? null : target.name;
-      if (input.incremental === true && objectTarget === null) {
-        throw new InvalidInput(`target '${target.name}' is a volume target: it holds whole copies, so --incremental needs a posix or s3 target`);
-      }
+      checkIncrementalTarget(target, input.incremental === true);
       const dest: Loc | null = target.driver === 'volume' ? { backend: target.backend, pool: target.pool ?? null, name: backupVolumeName(input.backupId) } : null;
       const snapshot = input.snapshotId !== undefined ? c.snapshot(input.snapshotId) : null;
       // An in-use volume is read through a temporary snapshot named after the backup (the spec).
@@ -147,15 +93,7 @@ export function createControlActivities(rt: Runtime) {
         if (existing.workflowId === wf && existing.status === 'creating') return plan(existing.size);
         throw new InvalidInput(`backup id '${input.backupId}' is already used`);
       }
-      if (snapshot) {
-        if (snapshot.volumeId !== volume.id) throw new InvalidInput(`snapshot '${snapshot.id}' is of volume '${snapshot.volumeId}', not '${volume.id}'`);
-        if (snapshot.status !== 'available') throw new InvalidStatus(`snapshot '${snapshot.id}' is '${snapshot.status}'; a backup needs it 'available'`);
-      } else {
-        if (volume.status === 'backing-up') throw new BackupInProgress(`volume '${volume.id}' is already being backed up`);
-        if (volume.status === 'error') throw new InvalidStatus(`volume '${volume.id}' is in 'error'${volume.error ? ` (${volume.error})` : ''}; a volume in error cannot be backed up`);
-        if (volume.status === 'in-use' && input.force !== true) throw new InvalidStatus(`volume '${volume.id}' is 'in-use' (instance ${volume.instance ?? '?'}); back it up with --force, through a temporary snapshot`);
-        if (volume.status !== 'available' && volume.status !== 'in-use') throw new InvalidStatus(`volume '${volume.id}' is '${volume.status}'; a backup needs it 'available' or 'in-use'`);
-      }
+      checkBackupSource(volume, snapshot, input.force === true);
       await checkReachable(source, dest);
       if (dest !== null) {
         const { freeBytes } = await rt.driver(dest.backend).stats(dest.pool);
@@ -247,8 +185,7 @@ export function createControlActivities(rt: Runtime) {
       if (!(await destDriver.capabilities()).storageAssistedBackup) return { assisted: false, storedBytes: 0 };
       const assisted = await destDriver.storageAssistedCopy(sourceDriver, input.source, input.dest);
       if (!assisted) return { assisted: false, storedBytes: 0 };
-      const path = destDriver.initializeConnection(input.dest).path;
-      return { assisted: true, storedBytes: extentBytes(await dataExtents(path, input.size)) };
+      return { assisted: true, storedBytes: extentBytes(copyExtentsOf(await destDriver.dataExtents(input.dest, input.size), input.size)) };
     },
 
     async clearBackendVolume(input: { loc: Loc }): Promise<void> {
@@ -320,12 +257,11 @@ export function createControlActivities(rt: Runtime) {
         const dest: Loc = { backend: v.backend, pool: v.pool, name: v.id };
         const plan: RestorePlan = { backupId: backup.id, volumeId: v.id, createdVolume: false, source, ...object, dest, size: backup.size, timeouts };
         if (v.status === 'restoring-backup' && c.volumeOwner(v.id) === wf) return plan;
-        if (backup.status !== 'available') throw new InvalidStatus(`backup '${backup.id}' is '${backup.status}'; only an 'available' backup can be restored`);
-        if (v.status !== 'available') throw new InvalidStatus(`volume '${v.id}' is '${v.status}'; a restore needs an 'available' volume`);
+        checkRestorable(backup);
+        checkRestoreOnto(v, backup);
         await checkReachable(source, dest);
         // The chain and the key, before any volume changes.
         if (objectTarget !== null) await checkReadable(await rt.objectTarget(objectTarget), backup.id);
-        if (v.size < backup.size) throw new VolumeTooSmall(`volume '${v.id}' has ${v.size} bytes (${formatBytes(v.size)}); backup '${backup.id}' needs at least ${backup.size} (${formatBytes(backup.size)})`);
         c.tx(() => {
           c.transitionBackup(backup.id, ['available'], 'restoring');
           c.transitionVolume(v.id, ['available'], 'restoring-backup', { rememberPrevious: true, owner: wf });
@@ -349,7 +285,7 @@ export function createControlActivities(rt: Runtime) {
         }
         throw new InvalidInput(`volume id '${input.newVolumeId}' is already used`);
       }
-      if (backup.status !== 'available') throw new InvalidStatus(`backup '${backup.id}' is '${backup.status}'; only an 'available' backup can be restored`);
+      checkRestorable(backup);
       const pool = rt.volumePlace(backend, input.pool);
       await checkReachable(source, { backend, pool, name: input.newVolumeId });
       // The chain and the key, before any volume changes.
@@ -402,13 +338,7 @@ export function createControlActivities(rt: Runtime) {
       const b = c.backup(input.backupId);
       const object = b.location === null && rt.isObjectTarget(b.target) ? { objectTarget: b.target } : {};
       if (b.status === 'deleting') return { location: b.location, ...object };
-      if (b.status === 'restoring') throw new InvalidStatus(`backup '${b.id}' is being restored; it can be deleted when the restore ends`);
-      if (b.status === 'creating') throw new InvalidStatus(`backup '${b.id}' is still being created; cancel it with 'gbackup backup cancel ${b.id}'`);
-      // As in Cinder: a backup that incrementals build on goes last.
-      const dependents = c.dependentsOf(b.id).map((d) => `'${d.id}'`);
-      if (dependents.length > 0) {
-        throw new BackupHasDependents(`backup '${b.id}' cannot be deleted: backup${dependents.length > 1 ? 's' : ''} ${dependents.join(', ')} ${dependents.length > 1 ? 'are incrementals' : 'is an incremental'} on top of it; delete ${dependents.length > 1 ? 'them' : 'it'} first`);
-      }
+      checkDeletable(b, c.dependentsOf(b.id));
       if (object.objectTarget !== undefined) {
         // A backup being made of the same volume may choose this one as its parent.
         const running = c.listBackups(b.volumeId).find((x) => x.id !== b.id && x.target === b.target && x.status === 'creating');
@@ -437,4 +367,5 @@ export function createControlActivities(rt: Runtime) {
 }
 
 export type ControlActivities = ReturnType<typeof createControlActivities>;
+export type { BackupPlan, Loc, RestorePlan };
 export type { VolumeStatus };

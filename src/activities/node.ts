@@ -5,14 +5,16 @@
  */
 import { Context } from '@temporalio/activity';
 import type { ConnectionInfo } from '../drivers/volume/driver.js';
-import type { LoopConnector } from '../connectors/loop.js';
+import type { Connectors } from '../connectors/registry.js';
 import { copyExtents, killStrayCopies } from '../copy/dd.js';
-import { dataExtents, extentBytes } from '../copy/extents.js';
+import { copyExtentsOf, extentBytes } from '../copy/extents.js';
 import type { Throttle } from '../copy/throttle.js';
 import type { AttachmentLedger } from '../node/ledger.js';
-import { failpoint } from '../failpoints.js';
+import { failpoint } from './failpoints.js';
 import { BackendFull } from '../errors.js';
-import { backupToStore, restoreFromStore, type ChunkedTarget } from '../drivers/backup/chunked.js';
+import { backupToStore } from '../drivers/backup/backup.js';
+import { restoreFromStore } from '../drivers/backup/restore.js';
+import { type ChunkedTarget } from '../drivers/backup/target.js';
 
 export interface CopyHeartbeat {
   doneOffset: number;
@@ -37,7 +39,7 @@ export interface CopyProgressSignal {
 
 export interface NodeDeps {
   node: string;
-  connector: LoopConnector;
+  connector: Connectors;
   ledger: AttachmentLedger;
   throttle: Throttle;
   blockSize: number;
@@ -142,7 +144,7 @@ export function createNodeActivities(deps: NodeDeps) {
   return {
     async attachVolume(input: { connection: ConnectionInfo; role: 'source' | 'destination' }): Promise<{ device: string; node: string }> {
       await failpoint(`attach-${input.role}`);
-      ledger.record({ path: input.connection.path, backend: input.connection.backend, workflowId: ctx().info.workflowExecution?.workflowId ?? 'none' });
+      ledger.record({ protocol: input.connection.protocol, path: input.connection.path, backend: input.connection.backend, workflowId: ctx().info.workflowExecution?.workflowId ?? 'none' });
       const { device } = await connector.connectVolume(input.connection);
       return { device, node };
     },
@@ -164,7 +166,7 @@ export function createNodeActivities(deps: NodeDeps) {
       const dst = await connector.connectVolume(input.dest);
       if (c.info.attempt > 1) await killStrayCopies(dst.device);
       await failpoint('copy');
-      const extents = await dataExtents(input.source.path, input.size);
+      const extents = copyExtentsOf(await connector.dataExtents(input.source, input.size), input.size);
       const storedBytes = extentBytes(extents);
       const bytesBefore = extentBytes(extents.map((e) => ({ start: e.start, end: Math.min(e.end, Math.max(e.start, resumedFrom)) })));
       // The limit in force when the copy was scheduled comes with the input; later
@@ -238,8 +240,8 @@ export function createNodeActivities(deps: NodeDeps) {
           backupId: input.backupId,
           volumeId: input.volumeId,
           source: src.device,
-          // Holes of the image behind the loop device are zeros: they are not even read.
-          extentsFrom: input.source.path,
+          // Holes of the volume read as zeros: they are not even read.
+          dataExtents: await connector.dataExtents(input.source, input.size),
           size: input.size,
           incremental: input.incremental,
           ...copy.resume,

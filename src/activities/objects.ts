@@ -4,9 +4,12 @@
  * task queue; every control worker reads the same credentials and key files.
  */
 import { Context } from '@temporalio/activity';
-import { deleteBackup, openChain, verifyBackup, type ChunkedTarget, type VerifyResult } from '../drivers/backup/chunked.js';
+import { deleteBackup } from '../drivers/backup/prune.js';
+import { openChain } from '../drivers/backup/chain.js';
+import { verifyBackup, type VerifyResult } from '../drivers/backup/verify.js';
+import { type ChunkedTarget } from '../drivers/backup/target.js';
 import { InvalidInput, InvalidStatus } from '../errors.js';
-import type { Runtime } from '../runtime.js';
+import type { Runtime } from '../services/runtime.js';
 
 /**
  * Refuses, before anything is touched, a restore or verify that cannot read the backup:

@@ -9,19 +9,19 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { BackupResult, RestoreResult, VerifyResult } from '../api.js';
-import { BackupHasDependents } from '../drivers/backup/errors.js';
-import { exportBackup, importBackup } from '../records.js';
+import { exportBackup, importBackup } from '../services/records.js';
 import { backupView } from '../catalog/catalog.js';
 import { GbackupClient } from '../client/client.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
 import { GbackupError, InvalidInput, InvalidStatus } from '../errors.js';
-import { Runtime } from '../runtime.js';
+import { Runtime } from '../services/runtime.js';
 import { formatBytes, parseSize } from '../size.js';
-import { checkName, checkSize, Volumes } from '../volumes.js';
-import { Snapshots } from '../snapshots.js';
-import { rebuildCatalog } from '../rebuild.js';
+import { checkName, checkSize, Volumes } from '../services/volumes.js';
+import { Snapshots } from '../services/snapshots.js';
+import { rebuildCatalog } from '../services/rebuild.js';
+import { checkBackupSource, checkDeletable, checkIncrementalTarget, checkRestorable, checkRestoreOnto } from '../services/rules.js';
 import { checkTarget, describeCheck } from '../drivers/backup/check.js';
-import type { S3Store } from '../drivers/backup/store.js';
+import { describeTarget } from '../drivers/backup/stores/registry.js';
 import { makeOut, record, table, UsageError, type Out } from './output.js';
 import { showProgress } from './progress.js';
 import { runDemo, runDev, runWorker } from './serve.js';
@@ -179,19 +179,9 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
       // Checked here for a clear answer at once; the workflow checks again, atomically.
       const { target, volume } = await withRuntime(config, async (rt) => {
         const t = rt.target(str(values.target));
-        if (incremental && t.driver === 'volume') {
-          throw new InvalidInput(`target '${t.name}' is a volume target: it holds whole copies, so --incremental needs a posix or s3 target`);
-        }
+        checkIncrementalTarget(t, incremental);
         const v = rt.catalog.volume(volumeId);
-        if (snapshotId !== undefined) {
-          const snap = rt.catalog.snapshot(snapshotId);
-          if (snap.volumeId !== v.id) throw new InvalidInput(`snapshot '${snap.id}' is of volume '${snap.volumeId}', not '${v.id}'`);
-          return { target: t, volume: v };
-        }
-        if (v.status === 'error') throw new InvalidStatus(`volume '${v.id}' is in 'error'${v.error ? ` (${v.error})` : ''}; a volume in error cannot be backed up`);
-        if (v.status === 'in-use' && !force) throw new InvalidStatus(`volume '${v.id}' is 'in-use' (instance ${v.instance ?? '?'}); back it up with --force, through a temporary snapshot`);
-        if (v.status === 'backing-up') throw new InvalidStatus(`volume '${v.id}' is already being backed up`);
-        if (v.status !== 'available' && v.status !== 'in-use') throw new InvalidStatus(`volume '${v.id}' is '${v.status}'; a backup needs it 'available' or 'in-use'`);
+        checkBackupSource(v, snapshotId !== undefined ? rt.catalog.snapshot(snapshotId) : null, force);
         return { target: t, volume: v };
       });
       const backupId = `bak-${randomBytes(6).toString('hex')}`;
@@ -222,10 +212,7 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
       const id = checkName(pos[0]!, 'backup id', 'id');
       await withRuntime(config, async (rt) => {
         const b = rt.catalog.backup(id);
-        if (b.status === 'restoring') throw new InvalidStatus(`backup '${id}' is being restored; it can be deleted when the restore ends`);
-        if (b.status === 'creating') throw new InvalidStatus(`backup '${id}' is still being created; cancel it with 'gbackup backup cancel ${id}'`);
-        const dependents = rt.catalog.dependentsOf(id).map((d) => `'${d.id}'`);
-        if (dependents.length > 0) throw new BackupHasDependents(`backup '${id}' cannot be deleted: ${dependents.join(', ')} ${dependents.length > 1 ? 'are incrementals' : 'is an incremental'} on top of it; delete ${dependents.length > 1 ? 'them' : 'it'} first`);
+        checkDeletable(b, rt.catalog.dependentsOf(id));
       });
       return withClient(config, async (c) => {
         const handle = await c.startDelete({ backupId: id });
@@ -279,11 +266,9 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
       };
       await withRuntime(config, async (rt) => {
         const b = rt.catalog.backup(backupId);
-        if (b.status !== 'available') throw new InvalidStatus(`backup '${backupId}' is '${b.status}'; only an 'available' backup can be restored`);
+        checkRestorable(b);
         if (input.volumeId !== undefined) {
-          const v = rt.catalog.volume(input.volumeId);
-          if (v.status !== 'available') throw new InvalidStatus(`volume '${v.id}' is '${v.status}'; a restore needs an 'available' volume`);
-          if (v.size < b.size) throw new InvalidInput(`volume '${v.id}' has ${v.size} bytes; backup '${backupId}' needs at least ${b.size}`);
+          checkRestoreOnto(rt.catalog.volume(input.volumeId), b);
         } else {
           rt.volumePlace(input.backend!, input.pool);
         }
@@ -447,7 +432,7 @@ async function targetCommand(sub: string | undefined, argv: string[], out: Out):
       const rows = config.targets.map((t) => ({
         name: t.name,
         driver: t.driver,
-        location: t.driver === 'volume' ? `${t.backend}${t.pool ? `/${t.pool}` : ''}` : t.driver === 'posix' ? t.path : `s3://${t.bucket}/${t.prefix}${t.endpoint ? ` at ${t.endpoint}` : ''}`,
+        location: t.driver === 'volume' ? `${t.backend}${t.pool ? `/${t.pool}` : ''}` : describeTarget(t),
         default: t.name === (config.defaultTarget ?? (config.targets.length === 1 ? t.name : undefined)),
       }));
       return out.result(rows, () => table(rows, ['name', 'driver', 'location', 'default']));
@@ -463,9 +448,10 @@ async function targetCommand(sub: string | undefined, argv: string[], out: Out):
           names.map(async (name) => {
             const t = rt.target(name);
             if (t.driver === 'volume') throw new InvalidInput(`target '${name}' is a volume target (backend '${t.backend}'); check works on posix and s3 targets`);
-            if (createBucket && t.driver !== 's3') throw new InvalidInput(`--create-bucket applies to s3 targets; target '${name}' is ${t.driver}`);
             const target = await rt.objectTarget(name);
-            const created = createBucket ? await (target.store as S3Store).createBucket() : false;
+            const make = target.store.createContainer?.bind(target.store);
+            if (createBucket && !make) throw new InvalidInput(`--create-bucket applies to s3 targets; target '${name}' is ${t.driver}, with no bucket to make`);
+            const created = createBucket && make ? await make() : false;
             const c = await checkTarget(target);
             return { ...c, createdBucket: c.createdBucket || created };
           }),

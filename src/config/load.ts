@@ -4,7 +4,7 @@ import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import type { ZodError } from 'zod';
 import { Config, type NodeConfig } from './schema.js';
-import { resolveTargetPaths } from '../drivers/backup/config.js';
+import { resolveTargetPaths } from '../drivers/backup/stores/registry.js';
 import { InvalidConfig } from '../errors.js';
 
 /** Used when neither --config nor GBACKUP_CONFIG names a file: everything under ./var. */

@@ -11,6 +11,7 @@
 import { realpathSync, statSync } from 'node:fs';
 import type { TargetConfig } from './schema.js';
 import { SameStorageTarget } from '../errors.js';
+import { localDirectory } from '../drivers/backup/stores/registry.js';
 
 export interface Place {
   backend: string;
@@ -71,16 +72,18 @@ export function checkPlacement(drivers: readonly PlacementDriver[], targets: rea
       volumePlaces.push({ backend: d.backend, pool, location: resolveDir(d.placeLocation(pool)) });
     }
   }
-  // A posix object target is a directory: inside a backend (or holding one) it is that
-  // backend's storage, whatever its pools.
+  // An object target that writes into a local directory (posix): inside a backend (or
+  // holding one) it is that backend's storage, whatever its pools.
   for (const t of targets) {
-    if (t.driver !== 'posix') continue;
-    const location = resolveDir(t.path);
+    if (t.driver === 'volume') continue;
+    const dir = localDirectory(t);
+    if (dir === null) continue;
+    const location = resolveDir(dir);
     for (const d of drivers) {
       const root = resolveDir(d.placeLocation(null));
       if (overlaps(location, root)) {
         throw new SameStorageTarget(
-          `target '${t.name}' (posix ${location}) is the same storage as backend '${d.backend}' (${root}), which holds volumes; ` +
+          `target '${t.name}' (${t.driver} ${location}) is the same storage as backend '${d.backend}' (${root}), which holds volumes; ` +
             `an object target needs a directory outside every backend (spec: generic backup implementation)`,
         );
       }

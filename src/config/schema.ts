@@ -3,9 +3,12 @@
  * everything downstream receives a parsed `Config` and never re-reads the file.
  */
 import { z } from 'zod';
-import { DEFAULT_TASK_QUEUE, nameSchema } from '../api.js';
+import { DEFAULT_TASK_QUEUE } from '../api.js';
+import { nameSchema } from '../names.js';
 import { parseSize } from '../size.js';
-import { PosixTarget, S3Target } from '../drivers/backup/config.js';
+import { OBJECT_TARGET_SCHEMAS } from '../drivers/backup/stores/registry.js';
+import { BACKEND_SCHEMAS } from '../drivers/volume/registry.js';
+import { dirPath } from '../drivers/volume/config.js';
 
 const size = (what: string) =>
   z.union([z.string(), z.number()]).transform((v, ctx) => {
@@ -17,31 +20,7 @@ const size = (what: string) =>
     return r.bytes;
   });
 
-const pools = z
-  .array(nameSchema('pool'))
-  .min(1, 'pools, when given, must list at least one pool')
-  .refine((p) => new Set(p).size === p.length, { message: 'pool names must be unique' })
-  .optional();
-
-const dirPath = z.string().min(1, 'path must not be empty').refine((p) => !p.includes('\0'), { message: 'path must not contain NUL' });
-
-export const FileBackend = z.strictObject({
-  name: nameSchema('backend name'),
-  driver: z.literal('file'),
-  /** Directory holding raw sparse image files, one subdirectory per pool. */
-  path: dirPath,
-  pools,
-});
-
-export const BtrfsBackend = z.strictObject({
-  name: nameSchema('backend name'),
-  driver: z.literal('btrfs'),
-  /** Mount point of a btrfs filesystem; pools are subvolumes directly under it. */
-  path: dirPath,
-  pools,
-});
-
-export const Backend = z.discriminatedUnion('driver', [FileBackend, BtrfsBackend]);
+export const Backend = z.discriminatedUnion('driver', BACKEND_SCHEMAS);
 export type BackendConfig = z.infer<typeof Backend>;
 
 export const VolumeTarget = z.strictObject({
@@ -56,7 +35,7 @@ export const VolumeTarget = z.strictObject({
  * `volume`: the spec's generic path (a backend as backup storage); `posix` and `s3`: the
  * chunked object targets (drivers/backup), which hold backups only.
  */
-export const Target = z.discriminatedUnion('driver', [VolumeTarget, PosixTarget, S3Target]);
+export const Target = z.discriminatedUnion('driver', [VolumeTarget, ...OBJECT_TARGET_SCHEMAS]);
 export type TargetConfig = z.infer<typeof Target>;
 
 export const NodeConfig = z.strictObject({

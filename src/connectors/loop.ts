@@ -10,6 +10,8 @@ import { realpath } from 'node:fs/promises';
 import { execa } from 'execa';
 import type { ConnectionInfo } from '../drivers/volume/driver.js';
 import { GbackupError, InvalidInput } from '../errors.js';
+import { rawDataExtents, type Extent } from '../copy/extents.js';
+import type { Connector } from './connector.js';
 
 export interface LoopDevice {
   device: string;
@@ -31,7 +33,10 @@ export async function listLoopDevices(): Promise<LoopDevice[]> {
   }));
 }
 
-export class LoopConnector {
+/** Protocol `file`: a local image file, exposed as a block device through a loop device. */
+export class LoopConnector implements Connector {
+  readonly protocol = 'file';
+
   /**
    * @param allowedRoots only files under these directories may be attached: connection
    *   info arrives through workflow history and must not name an arbitrary host file.
@@ -71,6 +76,16 @@ export class LoopConnector {
     } catch (e) {
       throw new AttachError(`losetup could not attach '${real}': ${(e as { stderr?: string }).stderr ?? (e as Error).message}`);
     }
+  }
+
+  /** The image file's extents: what the loop device reads as data. */
+  dataExtents(info: Pick<ConnectionInfo, 'path'>, size: number): Promise<Extent[] | null> {
+    return rawDataExtents(info.path, size);
+  }
+
+  /** Backing files of every loop device on this host. */
+  async attached(): Promise<Set<string>> {
+    return new Set((await listLoopDevices()).map((d) => d.backingFile));
   }
 
   /** Detaches every loop device backed by the volume's file; nothing attached is success. */

@@ -41,17 +41,25 @@ export function parseSeekTable(text: string, size: number): Extent[] {
   return out;
 }
 
-/**
- * Data extents of a file, or the whole range when the filesystem cannot tell
- * (then the copy still works, only slower).
- */
-export async function dataExtents(file: string, size: number): Promise<Extent[]> {
+/** A file's data extents as the filesystem reports them (unmerged), or null when it cannot tell. */
+export async function rawDataExtents(file: string, size: number): Promise<Extent[] | null> {
   try {
     const { stdout } = await execa('xfs_io', ['-r', '-c', 'seek -a -r 0', '--', file]);
-    return normalizeExtents(parseSeekTable(stdout, size), size);
+    return parseSeekTable(stdout, size);
   } catch {
-    return size > 0 ? [{ start: 0, end: size }] : [];
+    return null;
   }
+}
+
+/** What a copy moves: the extents aligned and merged, or the whole range when nobody could tell (slower, still right). */
+export function copyExtentsOf(raw: Extent[] | null, size: number): Extent[] {
+  if (raw === null) return size > 0 ? [{ start: 0, end: size }] : [];
+  return normalizeExtents(raw, size);
+}
+
+/** Data extents of a file, ready for a copy. */
+export async function dataExtents(file: string, size: number): Promise<Extent[]> {
+  return copyExtentsOf(await rawDataExtents(file, size), size);
 }
 
 export const extentBytes = (ex: Extent[]) => ex.reduce((n, e) => n + (e.end - e.start), 0);

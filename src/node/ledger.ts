@@ -1,5 +1,5 @@
 /**
- * A node's attachment ledger: every loop device this node attaches is written here
+ * A node's attachment ledger: every volume this node attaches is written here
  * before the attach and cleared after the detach. If the node dies in between, the
  * entry survives, and the node's next start detaches what no running workflow owns.
  */
@@ -8,6 +8,8 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 export interface LedgerEntry {
+  /** The connector that attached it (ConnectionInfo.protocol). */
+  protocol: string;
   path: string;
   backend: string;
   workflowId: string;
@@ -23,12 +25,15 @@ export class AttachmentLedger {
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('busy_timeout = 15000');
     this.db.exec('CREATE TABLE IF NOT EXISTS attachments (path TEXT PRIMARY KEY, backend TEXT NOT NULL, workflow_id TEXT NOT NULL, created_at TEXT NOT NULL)');
+    // Ledgers written before connectors were chosen by protocol hold loop attachments only.
+    const columns = this.db.prepare('PRAGMA table_info(attachments)').all() as { name: string }[];
+    if (!columns.some((c) => c.name === 'protocol')) this.db.exec("ALTER TABLE attachments ADD COLUMN protocol TEXT NOT NULL DEFAULT 'file'");
   }
 
   record(e: Omit<LedgerEntry, 'createdAt'>): void {
     this.db
-      .prepare('INSERT INTO attachments (path, backend, workflow_id, created_at) VALUES (?,?,?,?) ON CONFLICT(path) DO UPDATE SET workflow_id = excluded.workflow_id')
-      .run(e.path, e.backend, e.workflowId, new Date().toISOString());
+      .prepare('INSERT INTO attachments (path, protocol, backend, workflow_id, created_at) VALUES (?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET workflow_id = excluded.workflow_id')
+      .run(e.path, e.protocol, e.backend, e.workflowId, new Date().toISOString());
   }
 
   clear(path: string): void {
@@ -36,7 +41,7 @@ export class AttachmentLedger {
   }
 
   entries(): LedgerEntry[] {
-    return (this.db.prepare('SELECT path, backend, workflow_id AS workflowId, created_at AS createdAt FROM attachments ORDER BY created_at').all() as LedgerEntry[]).map((r) => ({ ...r }));
+    return (this.db.prepare('SELECT path, protocol, backend, workflow_id AS workflowId, created_at AS createdAt FROM attachments ORDER BY created_at').all() as LedgerEntry[]).map((r) => ({ ...r }));
   }
 
   close(): void {

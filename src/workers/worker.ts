@@ -10,15 +10,15 @@ import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { nodeTaskQueue } from '../api.js';
-import { createControlActivities, sweepTempSnapshots } from '../activities/control.js';
+import { createControlActivities } from '../activities/control.js';
 import { createNodeActivities } from '../activities/node.js';
 import type { LoadedConfig } from '../config/load.js';
-import { LoopConnector } from '../connectors/loop.js';
+import { Connectors } from '../connectors/registry.js';
 import { Throttle } from '../copy/throttle.js';
 import { AttachmentLedger } from '../node/ledger.js';
 import { reconcileLedger } from '../node/reconcile.js';
-import { Runtime } from '../runtime.js';
-import { sweepAbandoned } from '../abandoned.js';
+import { Runtime } from '../services/runtime.js';
+import { sweepAbandoned, sweepTempSnapshots } from './sweeps.js';
 import { keepAlive } from './keepalive.js';
 import { reportRetries, type StepFailure } from './retries.js';
 import { ensureSearchAttributes } from './search-attributes.js';
@@ -142,7 +142,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
       started.push(`control role on task queue '${config.temporal.taskQueue}' (workflows, catalog and backend management)`);
     }
     if (roles.node) {
-      const connector = new LoopConnector(runtime.nodeRoots(node));
+      const connector = new Connectors(runtime.nodeRoots(node));
       ledger = new AttachmentLedger(join(config.stateDir, 'nodes', node, 'ledger.sqlite'));
       const nodeLedger = ledger;
       const reconcile = async () => {

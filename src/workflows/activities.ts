@@ -20,6 +20,7 @@ import type { ControlActivities } from '../activities/control.js';
 import type { NodeActivities } from '../activities/node.js';
 import { NON_RETRYABLE_ERROR_TYPES } from '../error-registry.js';
 import { nodeTaskQueue } from '../api.js';
+import type { Timeouts } from '../activities/plans.js';
 
 const retry = {
   initialInterval: '1 second',
@@ -28,11 +29,6 @@ const retry = {
   nonRetryableErrorTypes: NON_RETRYABLE_ERROR_TYPES,
 } as const;
 
-/** Deliberate timeouts, from the config through the first activity's result (so replay sees them). */
-export interface Timeouts {
-  scheduleToStartMs: number;
-  heartbeatMs: number;
-}
 export const DEFAULT_TIMEOUTS: Timeouts = { scheduleToStartMs: 60_000, heartbeatMs: 15_000 };
 
 export function activities(t: Timeouts = DEFAULT_TIMEOUTS) {

@@ -1,8 +1,11 @@
 /**
  * backupVolume: the generic backup of the spec, as a saga.
  *
- *   validate -> mark source backing-up -> create destination volume on the target
- *   -> attach both to a node -> dd -> detach both -> finalize (record + statuses)
+ *   validate -> mark source backing-up -> [temporary snapshot] -> store on the target
+ *   -> finalize (record + statuses) -> [remove the temporary snapshot]
+ *
+ * How a target stores a backup (a volume made and copied with dd, or chunks in an object
+ * store) is the target's business: targets/.
  *
  * Every step pushes its undo first; on failure or cancel the undos run in reverse, so
  * no attachment or half-made volume survives, and the source returns to its status.
@@ -11,8 +14,7 @@ import { CancellationScope, log, patched, upsertSearchAttributes, uuid4 } from '
 import { BackupVolumeInput, SEARCH_ATTRIBUTES, type BackupResult } from '../api.js';
 import { activities, compensation as defaultCompensation, control } from './activities.js';
 import { failureReason, parseInput, Tracker } from './common.js';
-import { runDataPath } from './datapath.js';
-import { runOnAttached } from './objectpath.js';
+import { backupTargetFor } from './targets/index.js';
 import { Saga } from './saga.js';
 
 export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult> {
@@ -57,49 +59,7 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
     ]);
     tracker.state.bytesTotal = plan.size;
 
-    let result: { storedBytes: number; method: string; node: string | null; parentId?: string | null };
-    const objectTarget = plan.objectTarget ?? null;
-    if (objectTarget !== null) {
-      // Chunks, metadata and journal of this backup; chunks other backups share stay.
-      saga.add('delete stored objects', () => compensation.deleteObjectBackup({ target: objectTarget, backupId }));
-      const acts = activities(plan.timeouts);
-      const stored = await runOnAttached({
-        volume: plan.source,
-        readOnly: true,
-        key: backupId,
-        tracker,
-        acts,
-        run: (node, connection) =>
-          node.copy.backupToObjects({
-            source: connection,
-            target: objectTarget,
-            backupId,
-            volumeId: input.volumeId,
-            size: plan.size,
-            incremental: plan.incremental === true,
-            ...(input.name !== undefined ? { name: input.name } : {}),
-            labels: { volumeName: plan.volume.name, backend: plan.volume.backend, ...(plan.volume.pool ? { pool: plan.volume.pool } : {}) },
-            bpsLimit: tracker.currentLimit(),
-          }),
-      });
-      tracker.state.lastCopy = { resumedFrom: stored.resumedFrom, bytesCopied: stored.bytesRead, storedBytes: stored.storedBytes, node: stored.node };
-      tracker.state.bytesDone = plan.size;
-      result = { storedBytes: stored.storedBytes, method: 'chunked', node: stored.node, parentId: stored.parentId };
-    } else {
-      const dest = plan.dest!;
-      saga.add('delete destination', () => compensation.deleteBackendVolume({ loc: dest }));
-      // The driver's own copy when its storage can do it (btrfs reflinks), else the spec's generic path.
-      tracker.phase('storage-assisted copy');
-      const assisted = await ctl.storageAssistedCopy({ source: plan.source, dest, size: plan.size });
-      if (assisted.assisted) {
-        result = { storedBytes: assisted.storedBytes, method: 'storage-assisted', node: null };
-      } else {
-        tracker.phase('creating destination');
-        await ctl.createBackendVolume({ loc: dest, size: plan.size });
-        const copied = await runDataPath({ source: plan.source, dest, size: plan.size, sparse: true, key: backupId, tracker, acts: activities(plan.timeouts) });
-        result = { storedBytes: copied.storedBytes, method: 'generic', node: copied.node };
-      }
-    }
+    const result = await backupTargetFor(plan).backup({ plan, backupId, volumeId: input.volumeId, name: input.name, tracker, saga, acts: activities(plan.timeouts) });
 
     tracker.phase('finalizing');
     const backup = await ctl.finalizeBackup({ backupId, ...result });

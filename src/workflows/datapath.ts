@@ -4,7 +4,7 @@
  * nodes that reach both backends; if that node is lost, what the backends hold is
  * released from the control queue and the copy moves to another eligible node.
  */
-import type { Loc } from '../activities/control.js';
+import type { Loc } from '../activities/plans.js';
 import type { CopyResult } from '../activities/node.js';
 import type { Activities } from './activities.js';
 import type { Tracker } from './common.js';

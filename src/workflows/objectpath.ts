@@ -4,7 +4,7 @@
  * node-loss handling as the generic path: a lost node's attachment is released from the
  * control side and the copy moves on, resuming from its heartbeat and the store.
  */
-import type { Loc } from '../activities/control.js';
+import type { Loc } from '../activities/plans.js';
 import type { ConnectionInfo } from '../drivers/volume/driver.js';
 import type { Activities } from './activities.js';
 import type { Tracker } from './common.js';

@@ -7,8 +7,7 @@ import { upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
 import { RestoreBackupInput, SEARCH_ATTRIBUTES, type RestoreResult } from '../api.js';
 import { activities, control } from './activities.js';
 import { failureReason, isDamagedBackup, parseInput, Tracker } from './common.js';
-import { runOnAttached } from './objectpath.js';
-import { runDataPath } from './datapath.js';
+import { backupTargetFor } from './targets/index.js';
 import { Saga } from './saga.js';
 
 export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreResult> {
@@ -42,54 +41,7 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
     tracker.state.bytesTotal = plan.size;
 
     if (plan.createdVolume) saga.add('delete new volume', async () => (keepVolume ? undefined : compensation.deleteBackendVolume({ loc: plan.dest })));
-    const objectTarget = plan.objectTarget ?? null;
-    if (objectTarget !== null) {
-      if (plan.createdVolume) {
-        tracker.phase('creating volume');
-        await ctl.createBackendVolume({ loc: plan.dest, size: plan.size });
-      } else {
-        // The old contents must not shine through where the backup has zeros.
-        dataTouched = true;
-        await ctl.clearBackendVolume({ loc: plan.dest });
-      }
-      const r = await runOnAttached({
-        volume: plan.dest,
-        readOnly: false,
-        key: plan.volumeId,
-        tracker,
-        acts: activities(plan.timeouts),
-        onCopyStart: () => (dataTouched = true),
-        run: (node, connection) =>
-          node.copy.restoreFromObjects({ dest: connection, target: objectTarget, backupId: plan.backupId, size: plan.size, destIsZero: true, bpsLimit: tracker.currentLimit() }),
-      });
-      tracker.state.lastCopy = { resumedFrom: r.resumedFrom, bytesCopied: r.bytesWritten, storedBytes: r.bytesFetched, node: r.node };
-      tracker.state.bytesDone = plan.size;
-    } else {
-      const source = plan.source!;
-      tracker.phase('storage-assisted copy');
-      // A clone replaces the destination's contents whole: from here on an existing volume is touched.
-      dataTouched = !plan.createdVolume;
-      const assisted = await ctl.storageAssistedCopy({ source, dest: plan.dest, size: plan.size });
-      if (!assisted.assisted) {
-        if (plan.createdVolume) {
-          tracker.phase('creating volume');
-          await ctl.createBackendVolume({ loc: plan.dest, size: plan.size });
-        } else {
-          // The old contents must not shine through where the backup has holes.
-          await ctl.clearBackendVolume({ loc: plan.dest });
-        }
-        await runDataPath({
-          source,
-          dest: plan.dest,
-          size: plan.size,
-          sparse: true,
-          key: plan.volumeId,
-          tracker,
-          acts: activities(plan.timeouts),
-          onCopyStart: () => (dataTouched = true),
-        });
-      }
-    }
+    await backupTargetFor(plan).restore({ plan, tracker, acts: activities(plan.timeouts), touched: () => (dataTouched = true) });
 
     tracker.phase('finalizing');
     const volume = await ctl.finalizeRestore({ backupId: plan.backupId, volumeId: plan.volumeId });

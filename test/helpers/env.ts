@@ -15,8 +15,8 @@ import { execa } from 'execa';
 import { GbackupClient } from '../../src/client/client.js';
 import { parseConfig, type LoadedConfig } from '../../src/config/load.js';
 import { listLoopDevices } from '../../src/connectors/loop.js';
-import { Runtime } from '../../src/runtime.js';
-import { Volumes } from '../../src/volumes.js';
+import { Runtime } from '../../src/services/runtime.js';
+import { Volumes } from '../../src/services/volumes.js';
 import { startWorkers, type RunningWorkers } from '../../src/workers/worker.js';
 import { MiB } from '../../src/size.js';
 

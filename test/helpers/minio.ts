@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { execa, type ResultPromise } from 'execa';
-import { freePort, repoRoot } from '../../src/devserver.js';
+import { freePort, repoRoot } from '../../src/dev/devserver.js';
 
 export interface Minio {
   endpoint: string;

@@ -3,8 +3,8 @@
  * complete backup's metadata, and no unfinished backup left its bookkeeping (pending
  * record, journal, delete marker) behind.
  */
-import type { ObjectStore } from '../../src/drivers/backup/store.js';
-import { listAll } from '../../src/drivers/backup/store.js';
+import type { ObjectStore } from '../../src/drivers/backup/stores/store.js';
+import { listAll } from '../../src/drivers/backup/stores/store.js';
 import { parseMetadata } from '../../src/drivers/backup/format.js';
 
 export interface StoreLeaks {

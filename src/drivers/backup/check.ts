@@ -4,7 +4,7 @@
  * failed and why, in the words of the store's classified errors (StoreNotFound, ...).
  */
 import { randomBytes } from 'node:crypto';
-import type { ChunkedTarget } from './chunked.js';
+import type { ChunkedTarget } from './target.js';
 
 export type CheckStepName = 'reach' | 'list' | 'write' | 'read' | 'delete';
 

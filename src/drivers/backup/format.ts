@@ -27,7 +27,7 @@
  * chain, root first; an incremental's record stays small however large the volume is.
  */
 import { z } from 'zod';
-import { idSchema, nameSchema } from '../../api.js';
+import { idSchema, nameSchema } from '../../names.js';
 import { MiB } from '../../size.js';
 import { UnsupportedFormat } from './errors.js';
 

@@ -13,6 +13,7 @@
 import { statfs } from 'node:fs/promises';
 import { InsufficientSpace, PoolNotFound } from '../../errors.js';
 import { formatBytes } from '../../size.js';
+import type { Extent } from '../../copy/extents.js';
 
 /** A volume (or snapshot, or backup volume) as the storage knows it. */
 export interface VolumeLocator {
@@ -23,9 +24,10 @@ export interface VolumeLocator {
 
 /** os-brick's connection_properties: what a node needs to attach the volume. */
 export interface ConnectionInfo {
-  /** Only local files (attached through a loop device) exist today. */
-  protocol: 'file';
+  /** Which connector attaches it (connectors/registry.ts): `file` is a local image file behind a loop device. */
+  protocol: string;
   backend: string;
+  /** The volume's address for its connector (for `file`, the image file); also what a node's ledger records. */
   path: string;
   readOnly: boolean;
 }
@@ -66,6 +68,10 @@ export interface VolumeDriver {
   /** Point-in-time copy of a volume; idempotent. */
   createSnapshot(source: VolumeLocator, snapshot: VolumeLocator): Promise<void>;
   initializeConnection(loc: VolumeLocator, opts?: { readOnly?: boolean }): ConnectionInfo;
+  /** Which byte ranges of the volume hold data (holes read as zeros), or null when the storage cannot tell. */
+  dataExtents(loc: VolumeLocator, size: number): Promise<Extent[] | null>;
+  /** sha256 of the volume's bytes (what a restore must reproduce), read from the storage without attaching. */
+  sha256(loc: VolumeLocator): Promise<string>;
   /** Backend side of a detach; idempotent. Nothing to release for local files. */
   terminateConnection(loc: VolumeLocator): Promise<void>;
   /** A self-describing record stored beside a backup, so a lost catalog can be rebuilt. */
@@ -102,6 +108,8 @@ export abstract class BaseVolumeDriver implements VolumeDriver {
   abstract clearVolume(loc: VolumeLocator): Promise<void>;
   abstract createSnapshot(source: VolumeLocator, snapshot: VolumeLocator): Promise<void>;
   abstract initializeConnection(loc: VolumeLocator, opts?: { readOnly?: boolean }): ConnectionInfo;
+  abstract dataExtents(loc: VolumeLocator, size: number): Promise<Extent[] | null>;
+  abstract sha256(loc: VolumeLocator): Promise<string>;
   abstract writeRecord(loc: VolumeLocator, record: unknown): Promise<void>;
   abstract readRecord(loc: VolumeLocator): Promise<unknown>;
   abstract deleteRecord(loc: VolumeLocator): Promise<void>;

@@ -3,17 +3,16 @@
  * where the backends are reachable (a gbackup node) and keep the catalog and the
  * storage in step: a failure undoes the half-made volume and its record.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { execa } from 'execa';
-import { idSchema, nameSchema, type VolumeView } from './api.js';
-import { LoopConnector } from './connectors/loop.js';
-import { copyExtents } from './copy/dd.js';
-import { dataExtents } from './copy/extents.js';
-import { InvalidInput, InvalidName, InvalidSize, InvalidStatus } from './errors.js';
+import { idSchema, nameSchema, type VolumeView } from '../api.js';
+import { Connectors } from '../connectors/registry.js';
+import { copyExtents } from '../copy/dd.js';
+import { copyExtentsOf, dataExtents } from '../copy/extents.js';
+import { InvalidInput, InvalidName, InvalidSize, InvalidStatus } from '../errors.js';
 import type { Runtime } from './runtime.js';
-import { MiB, parseSize, roundUp } from './size.js';
+import { MiB, parseSize, roundUp } from '../size.js';
 
 export const newId = (prefix: string) => `${prefix}-${randomBytes(6).toString('hex')}`;
 
@@ -33,8 +32,8 @@ export function checkSize(text: string): number {
 export class Volumes {
   constructor(private readonly rt: Runtime) {}
 
-  private connector(): LoopConnector {
-    return new LoopConnector([...this.rt.drivers.values()].map((d) => d.placeLocation(null)));
+  private connector(): Connectors {
+    return new Connectors(this.rt.allRoots());
   }
 
   async create(input: { backend: string; pool?: string; size: number; name?: string; id?: string; keepCreating?: boolean }): Promise<VolumeView> {
@@ -89,7 +88,7 @@ export class Volumes {
     try {
       await execa('truncate', ['-s', '0', '--', file]).catch(() => undefined);
       await execa('truncate', ['-s', String(vol.size), '--', file]);
-      await copyExtents({ source: device, dest: file, extents: await dataExtents(conn.path, vol.size), blockSize: 4 * MiB, sparse: true, direct: false });
+      await copyExtents({ source: device, dest: file, extents: copyExtentsOf(await connector.dataExtents(conn, vol.size), vol.size), blockSize: 4 * MiB, sparse: true, direct: false });
     } finally {
       await connector.disconnectVolume(conn);
     }
@@ -111,16 +110,9 @@ export class Volumes {
     return vol;
   }
 
-  /** sha256 of the volume's bytes, read from its storage. */
+  /** sha256 of the volume's bytes, as its storage holds them. */
   async sha256(id: string): Promise<string> {
     const vol = this.rt.catalog.volume(id);
-    const path = this.rt.driver(vol.backend).initializeConnection({ pool: vol.pool, name: vol.id }).path;
-    return sha256File(path);
+    return this.rt.driver(vol.backend).sha256({ pool: vol.pool, name: vol.id });
   }
-}
-
-export async function sha256File(path: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 4 * MiB })) h.update(chunk as Buffer);
-  return h.digest('hex');
 }

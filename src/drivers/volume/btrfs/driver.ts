@@ -13,9 +13,9 @@ import { constants as fsc } from 'node:fs';
 import { copyFile, mkdir, rename, rm, stat, statfs, truncate, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { execa } from 'execa';
-import type { DriverCapabilities, VolumeDriver, VolumeLocator } from './driver.js';
-import { assertSafeName, FileVolumeDriver } from './file.js';
-import { GbackupError, InvalidConfig } from '../../errors.js';
+import type { DriverCapabilities, VolumeDriver, VolumeLocator } from '../driver.js';
+import { assertSafeName, FileVolumeDriver } from '../file/driver.js';
+import { GbackupError, InvalidConfig } from '../../../errors.js';
 
 /** statfs(2) f_type of btrfs (BTRFS_SUPER_MAGIC). */
 export const BTRFS_SUPER_MAGIC = 0x9123683e;

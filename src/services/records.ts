@@ -4,12 +4,12 @@
  * needs; importing it into another deployment's target (whose store holds the chunks,
  * say a replicated bucket) makes the backup listable and restorable there.
  */
-import { decodeRecord, exportRecord, importRecord } from './drivers/backup/chunked.js';
-import type { BackupMetadata } from './drivers/backup/format.js';
-import { backupView, type Catalog } from './catalog/catalog.js';
-import type { BackupView } from './api.js';
-import { InvalidInput, InvalidStatus } from './errors.js';
-import { ImportConflict } from './drivers/backup/errors.js';
+import { decodeRecord, exportRecord, importRecord } from '../drivers/backup/records.js';
+import type { BackupMetadata } from '../drivers/backup/format.js';
+import { backupView, type Catalog } from '../catalog/catalog.js';
+import type { BackupView } from '../api.js';
+import { InvalidInput, InvalidStatus } from '../errors.js';
+import { ImportConflict } from '../drivers/backup/errors.js';
 import type { Runtime } from './runtime.js';
 
 export interface ExportedBackup {

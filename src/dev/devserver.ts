@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa, type ResultPromise } from 'execa';
-import { SEARCH_ATTRIBUTES } from './api.js';
+import { SEARCH_ATTRIBUTES } from '../api.js';
 
 /** The repository (or installed package) root: the nearest directory above with a package.json. */
 export const repoRoot = (() => {

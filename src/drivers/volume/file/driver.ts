@@ -6,8 +6,10 @@
 import { constants as fsc } from 'node:fs';
 import { copyFile, mkdir, open, readdir, readFile, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
-import { BaseVolumeDriver, type ConnectionInfo, type DriverCapabilities, type VolumeLocator } from './driver.js';
-import { InvalidName, VolumeExists } from '../../errors.js';
+import { BaseVolumeDriver, type ConnectionInfo, type DriverCapabilities, type VolumeLocator } from '../driver.js';
+import { InvalidName, VolumeExists } from '../../../errors.js';
+import { rawDataExtents, type Extent } from '../../../copy/extents.js';
+import { sha256File } from '../../../copy/checksum.js';
 const SAFE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
 /** Defence in depth: names were validated at the edge, but a path is built here. */
@@ -131,6 +133,15 @@ export class FileVolumeDriver extends BaseVolumeDriver {
 
   initializeConnection(loc: VolumeLocator, opts: { readOnly?: boolean } = {}): ConnectionInfo {
     return { protocol: 'file', backend: this.backend, path: this.imagePath(loc), readOnly: opts.readOnly ?? false };
+  }
+
+  sha256(loc: VolumeLocator): Promise<string> {
+    return sha256File(this.imagePath(loc));
+  }
+
+  /** The image file's holes are the volume's: SEEK_DATA/SEEK_HOLE tell them apart. */
+  dataExtents(loc: VolumeLocator, size: number): Promise<Extent[] | null> {
+    return rawDataExtents(this.imagePath(loc), size);
   }
 
   async writeRecord(loc: VolumeLocator, record: unknown): Promise<void> {

@@ -4,24 +4,14 @@
  * worker (or CLI) with a broken config stops before touching anything.
  */
 import { join } from 'node:path';
-import type { LoadedConfig } from './config/load.js';
-import { checkPlacement, type Place } from './config/placement.js';
-import type { BackendConfig, NodeConfig, TargetConfig } from './config/schema.js';
-import { Catalog } from './catalog/catalog.js';
-import type { VolumeDriver } from './drivers/volume/driver.js';
-import { FileVolumeDriver } from './drivers/volume/file.js';
-import { BtrfsVolumeDriver } from './drivers/volume/btrfs.js';
-import { BackendNotFound, BackupOnlyStorage, InvalidInput, NodeNotFound, PoolNotFound, TargetNotFound } from './errors.js';
-import { ChunkedTarget } from './drivers/backup/chunked.js';
-
-export function createDriver(b: BackendConfig): VolumeDriver {
-  switch (b.driver) {
-    case 'file':
-      return new FileVolumeDriver(b.name, b.path, b.pools);
-    case 'btrfs':
-      return new BtrfsVolumeDriver(b.name, b.path, b.pools);
-  }
-}
+import type { LoadedConfig } from '../config/load.js';
+import { checkPlacement, type Place } from '../config/placement.js';
+import type { NodeConfig, TargetConfig } from '../config/schema.js';
+import { Catalog } from '../catalog/catalog.js';
+import type { VolumeDriver } from '../drivers/volume/driver.js';
+import { createDriver } from '../drivers/volume/registry.js';
+import { BackendNotFound, BackupOnlyStorage, InvalidInput, NodeNotFound, PoolNotFound, TargetNotFound } from '../errors.js';
+import { ChunkedTarget } from '../drivers/backup/target.js';
 
 export class Runtime {
   readonly drivers: Map<string, VolumeDriver>;
@@ -117,6 +107,11 @@ export class Runtime {
     const n = this.config.nodes.find((x) => x.name === name);
     if (!n) throw new NodeNotFound(`node '${name}' not found (configured: ${this.config.nodes.map((x) => x.name).join(', ')})`);
     return n;
+  }
+
+  /** Every backend's root: what this host's own commands (import, export, instance attach) may attach from. */
+  allRoots(): string[] {
+    return [...this.drivers.values()].map((d) => d.placeLocation(null));
   }
 
   /** Backend roots a node may attach from (the connector refuses anything else). */

@@ -14,7 +14,7 @@
  */
 import { appendFileSync, readFileSync } from 'node:fs';
 import { Context } from '@temporalio/activity';
-import { GbackupError, InjectedFault } from './errors.js';
+import { GbackupError, InjectedFault } from '../errors.js';
 
 export class TransientFault extends GbackupError {}
 

@@ -7,22 +7,25 @@
  * `available` again. Only workflows the server reports as not running count, and
  * nothing still attached on this host is deleted (the node's ledger reconcile detaches
  * it first; the next sweep finishes).
+ *
+ * Temporary snapshots carry their backup's id, so the same pass also removes those whose
+ * backup no longer runs (a cleanup that failed for good).
  */
-import { listLoopDevices } from './connectors/loop.js';
-import { deleteBackup } from './drivers/backup/chunked.js';
-import type { Runtime } from './runtime.js';
+import { Connectors } from '../connectors/registry.js';
+import { deleteBackup } from '../drivers/backup/prune.js';
+import type { Runtime } from '../services/runtime.js';
 
 export interface SweepDeps {
   /** False only when the server says the workflow is not running (unknown: true). */
   isRunning(workflowId: string): Promise<boolean>;
-  /** Backing files of this host's loop devices. */
+  /** Addresses of what this host has attached (default: every connector's). */
   attachedFiles?(): Promise<Set<string>>;
 }
 
 export async function sweepAbandoned(rt: Runtime, deps: SweepDeps): Promise<string[]> {
   const c = rt.catalog;
   const done: string[] = [];
-  const attached = await (deps.attachedFiles ?? (async () => new Set((await listLoopDevices()).map((d) => d.backingFile))))();
+  const attached = await (deps.attachedFiles ?? (() => new Connectors(rt.allRoots()).attached()))();
 
   for (const b of c.listBackups()) {
     if (b.status !== 'creating' || b.workflowId === null || (await deps.isRunning(b.workflowId))) continue;
@@ -69,4 +72,20 @@ export async function sweepAbandoned(rt: Runtime, deps: SweepDeps): Promise<stri
     }
   });
   return done;
+}
+
+/**
+ * Temporary snapshots carry their backup's id, so the control worker can always find
+ * the ones whose backup no longer runs (a cleanup that failed for good) and remove them.
+ */
+export async function sweepTempSnapshots(rt: Runtime): Promise<string[]> {
+  const c = rt.catalog;
+  const removed: string[] = [];
+  for (const s of c.listSnapshots()) {
+    if (s.backupId === null || c.findBackup(s.backupId)?.status === 'creating') continue;
+    await rt.driver(s.backend).deleteVolume({ pool: s.pool, name: s.id });
+    c.deleteSnapshotRecord(s.id);
+    removed.push(s.id);
+  }
+  return removed;
 }

@@ -4,18 +4,18 @@
  * can, else a sparse copy). An instance attachment exposes a volume as a local block
  * device for a workload to write to, and marks it `in-use`.
  */
-import type { VolumeView } from './api.js';
-import type { SnapshotView } from './catalog/catalog.js';
-import { LoopConnector } from './connectors/loop.js';
-import { InvalidStatus } from './errors.js';
+import type { VolumeView } from '../api.js';
+import type { SnapshotView } from '../catalog/catalog.js';
+import { Connectors } from '../connectors/registry.js';
+import { InvalidStatus } from '../errors.js';
 import type { Runtime } from './runtime.js';
 import { checkName, newId } from './volumes.js';
 
 export class Snapshots {
   constructor(private readonly rt: Runtime) {}
 
-  private connector(): LoopConnector {
-    return new LoopConnector([...this.rt.drivers.values()].map((d) => d.placeLocation(null)));
+  private connector(): Connectors {
+    return new Connectors(this.rt.allRoots());
   }
 
   async create(volumeId: string, name?: string): Promise<SnapshotView> {

@@ -1,0 +1,23 @@
+/** The S3 store: its registry entry. */
+import { defineStore } from '../plugin.js';
+import { S3Target } from './config.js';
+import { CredentialSource, loadS3Credentials } from './credentials.js';
+import { S3Store } from './store.js';
+
+export const s3 = defineStore({
+  schema: S3Target,
+  open: async (c, env) =>
+    new S3Store({
+      target: c.name,
+      ...(c.endpoint !== undefined ? { endpoint: c.endpoint } : {}),
+      region: c.region,
+      bucket: c.bucket,
+      prefix: c.prefix,
+      forcePathStyle: c.forcePathStyle,
+      credentials: new CredentialSource(await loadS3Credentials(c, env), () => loadS3Credentials(c, env)),
+      createBucket: c.createBucket,
+    }),
+  resolvePaths: (c, abs) => (c.credentialsFile !== undefined ? { ...c, credentialsFile: abs(c.credentialsFile) } : c),
+  localDirectory: () => null,
+  describe: (c) => `s3://${c.bucket}/${c.prefix}${c.endpoint ? ` at ${c.endpoint}` : ''}`,
+});

@@ -1,0 +1,61 @@
+/**
+ * A chunked target (posix directory, S3): only the volume is attached, on a node that
+ * reaches its backend, and the node's engine moves chunks to or from the store.
+ */
+import { runOnAttached } from '../objectpath.js';
+import type { BackupTarget } from './target.js';
+
+export const chunkedTarget: BackupTarget = {
+  async backup({ plan, backupId, volumeId, name, tracker, saga, acts }) {
+    const objectTarget = plan.objectTarget!;
+    // Chunks, metadata and journal of this backup; chunks other backups share stay.
+    saga.add('delete stored objects', () => acts.compensation.deleteObjectBackup({ target: objectTarget, backupId }));
+    const stored = await runOnAttached({
+      volume: plan.source,
+      readOnly: true,
+      key: backupId,
+      tracker,
+      acts,
+      run: (node, connection) =>
+        node.copy.backupToObjects({
+          source: connection,
+          target: objectTarget,
+          backupId,
+          volumeId,
+          size: plan.size,
+          incremental: plan.incremental === true,
+          ...(name !== undefined ? { name } : {}),
+          labels: { volumeName: plan.volume.name, backend: plan.volume.backend, ...(plan.volume.pool ? { pool: plan.volume.pool } : {}) },
+          bpsLimit: tracker.currentLimit(),
+        }),
+    });
+    tracker.state.lastCopy = { resumedFrom: stored.resumedFrom, bytesCopied: stored.bytesRead, storedBytes: stored.storedBytes, node: stored.node };
+    tracker.state.bytesDone = plan.size;
+    return { storedBytes: stored.storedBytes, method: 'chunked', node: stored.node, parentId: stored.parentId };
+  },
+
+  async restore({ plan, tracker, acts, touched }) {
+    const ctl = acts.control;
+    const objectTarget = plan.objectTarget!;
+    if (plan.createdVolume) {
+      tracker.phase('creating volume');
+      await ctl.createBackendVolume({ loc: plan.dest, size: plan.size });
+    } else {
+      // The old contents must not shine through where the backup has zeros.
+      touched();
+      await ctl.clearBackendVolume({ loc: plan.dest });
+    }
+    const r = await runOnAttached({
+      volume: plan.dest,
+      readOnly: false,
+      key: plan.volumeId,
+      tracker,
+      acts,
+      onCopyStart: touched,
+      run: (node, connection) =>
+        node.copy.restoreFromObjects({ dest: connection, target: objectTarget, backupId: plan.backupId, size: plan.size, destIsZero: true, bpsLimit: tracker.currentLimit() }),
+    });
+    tracker.state.lastCopy = { resumedFrom: r.resumedFrom, bytesCopied: r.bytesWritten, storedBytes: r.bytesFetched, node: r.node };
+    tracker.state.bytesDone = plan.size;
+  },
+};
