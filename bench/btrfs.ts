@@ -23,7 +23,7 @@ import { Runtime } from '../src/services/runtime.js';
 import { MiB } from '../src/size.js';
 import { Volumes } from '../src/services/volumes.js';
 import { startWorkers } from '../src/workers/worker.js';
-import { makeBtrfsFilesystem } from '../test/helpers/btrfs.js';
+import { makeBtrfsFilesystem } from '../test/helpers/loopfs.js';
 
 const SIZE = 1024 * MiB;
 const say = (m: string) => process.stderr.write(`bench-btrfs: ${m}\n`);

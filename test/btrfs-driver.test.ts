@@ -14,7 +14,7 @@ import { execa } from 'execa';
 import { BtrfsVolumeDriver, isOnBtrfs } from '../src/drivers/volume/btrfs/driver.js';
 import { FileVolumeDriver } from '../src/drivers/volume/file/driver.js';
 import { VolumeExists } from '../src/errors.js';
-import { makeBtrfsFilesystem, type BtrfsFilesystem } from './helpers/btrfs.js';
+import { makeBtrfsFilesystem, type BtrfsFilesystem } from './helpers/loopfs.js';
 
 const MiB = 1024 * 1024;
 const BIG = 512 * MiB;

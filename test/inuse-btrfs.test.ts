@@ -14,7 +14,7 @@ import type { BackupResult, RestoreResult } from '../src/api.js';
 import { MiB } from '../src/size.js';
 import { Snapshots } from '../src/services/snapshots.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
-import { makeBtrfsFilesystem, type BtrfsFilesystem } from './helpers/btrfs.js';
+import { makeBtrfsFilesystem, type BtrfsFilesystem } from './helpers/loopfs.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 
 let env: TestEnv;

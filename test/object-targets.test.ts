@@ -17,7 +17,7 @@ import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { startMinio, type Minio } from './helpers/minio.js';
 import { findStoreLeaks, NO_STORE_LEAKS } from './helpers/objects.js';
-import { makeBtrfsFilesystem, type BtrfsFilesystem } from './helpers/btrfs.js';
+import { makeBtrfsFilesystem, type BtrfsFilesystem } from './helpers/loopfs.js';
 
 let minio: Minio;
 let fs: BtrfsFilesystem;

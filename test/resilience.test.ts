@@ -146,7 +146,8 @@ describe('nodes', () => {
   });
 
   it('moves the copy when the node dies mid-copy; the dead node reconciles its attachments when it returns', async () => {
-    const env = await makeEnv({ workers: false, yaml: yaml(`${twoNodes}copyBpsLimit: 16M`) });
+    // Slow enough (8 s for 64 MiB) that the copy is seen running on n1 even on a loaded machine.
+    const env = await makeEnv({ workers: false, yaml: yaml(`${twoNodes}copyBpsLimit: 8M`) });
     cleanups.push(async () => env.cleanup());
     const control = await startWorkers({ config: env.config, roles: { control: true, node: false }, workflowBundle: { code: inject('workflowCode') }, log: () => undefined });
     cleanups.push(async () => control.shutdown());

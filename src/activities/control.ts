@@ -36,7 +36,16 @@ export function spreadIndex(key: string, n: number): number {
   return h % n;
 }
 
-export function createControlActivities(rt: Runtime) {
+/**
+ * What the control activities use of a process's runtime, and no more: the catalog, the
+ * drivers and targets, the nodes and timeouts of the config. Tests can hand in a smaller
+ * world than a whole runtime.
+ */
+export type ControlDeps = Pick<Runtime, 'catalog' | 'driver' | 'target' | 'objectTarget' | 'isObjectTarget' | 'volumePlace'> & {
+  config: Pick<Runtime['config'], 'nodes' | 'timeouts'>;
+};
+
+export function createControlActivities(rt: ControlDeps) {
   const cat = () => rt.catalog;
   const timeouts: Timeouts = { scheduleToStartMs: rt.config.timeouts.scheduleToStart * 1000, heartbeatMs: rt.config.timeouts.heartbeat * 1000 };
   /** Refuses, before anything is made, a copy no node can run (a storage-assisted one needs none). */

@@ -20,7 +20,8 @@ export async function checkReadable(target: ChunkedTarget, backupId: string): Pr
   await openChain(target, backupId);
 }
 
-export function createObjectActivities(rt: Runtime) {
+/** The object-target activities need the catalog and the opened targets only. */
+export function createObjectActivities(rt: Pick<Runtime, 'catalog' | 'objectTarget' | 'isObjectTarget'>) {
   return {
     /**
      * Removes a backup's objects (its metadata, and the chunks no other backup uses);

@@ -16,7 +16,7 @@ import { deleteBackup } from '../drivers/backup/prune.js';
 import type { Runtime } from '../services/runtime.js';
 
 export interface SweepDeps {
-  /** False only when the server says the workflow is not running (unknown: true). */
+  /** False only when the server says the workflow is not running, and its activities have had time to notice (unknown: true). */
   isRunning(workflowId: string): Promise<boolean>;
   /** Addresses of what this host has attached (default: every connector's). */
   attachedFiles?(): Promise<Set<string>>;

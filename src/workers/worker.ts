@@ -97,6 +97,23 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
       return (e as Error).name !== 'WorkflowNotFoundError';
     }
   };
+  /**
+   * For the sweep of abandoned operations: a workflow closed only moments ago still counts,
+   * because the activities it left behind (a terminated workflow cancels none) go on until
+   * their next heartbeat is refused, and an upload that outlived the sweep would leave a
+   * journal or chunks nobody owns. A heartbeat timeout (plus slack) after the close, they
+   * have noticed.
+   */
+  const graceMs = config.timeouts.heartbeat * 1000 + 2000;
+  const mayStillWork = async (workflowId: string): Promise<boolean> => {
+    try {
+      const d = await client.workflow.getHandle(workflowId).describe();
+      if (d.status.name === 'RUNNING') return true;
+      return d.closeTime !== undefined && Date.now() - d.closeTime.getTime() < graceMs;
+    } catch (e) {
+      return (e as Error).name !== 'WorkflowNotFoundError';
+    }
+  };
   let ledger: AttachmentLedger | undefined;
   let reconcileTimer: NodeJS.Timeout | undefined;
   let sweepTimer: NodeJS.Timeout | undefined;
@@ -131,7 +148,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
         sweeping = true;
         // Operations of workflows that ended unfinished (terminated, timed out) first: that
         // ends their backups, so the same pass can remove their temporary snapshots.
-        void sweepAbandoned(runtime, { isRunning })
+        void sweepAbandoned(runtime, { isRunning: mayStillWork })
           .then((cleaned) => cleaned.forEach((m) => log(`gbackup: ${m}`)))
           .catch((e: unknown) => log(`gbackup: sweep of abandoned operations failed: ${String(e)}`))
           .then(() => sweepTempSnapshots(runtime))

@@ -369,11 +369,16 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
     while (tasks.size > 0) await Promise.all([...tasks]);
     if (!failure && opts.signal?.aborted) failure = abortError(opts.signal, `backup '${backupId}'`);
     if (failure) {
-      // What is done is recorded, so the retry does not redo it.
-      const recorded = await writeJournal().then(
-        () => true,
-        () => false,
-      );
+      // What is done is recorded, so the retry does not redo it; unless the backup was
+      // reclaimed meanwhile (its workflow gave up on this attempt and compensated): then
+      // no bookkeeping may come back.
+      const stillPending = await store.exists(keys.pending(backupId)).catch(() => true);
+      const recorded =
+        !stillPending ||
+        (await writeJournal().then(
+          () => true,
+          () => false,
+        ));
       // No retry follows a permanent failure, and the compensation can only reclaim what the
       // journal lists; when even the journal could not be written (a full store), the chunks
       // this backup stored are reclaimed now, sparing those other backups use.

@@ -7,8 +7,9 @@ import type { VolumeDriver } from './driver.js';
 import type { VolumeDriverPlugin } from './plugin.js';
 import { file } from './file/index.js';
 import { btrfs } from './btrfs/index.js';
+import { xfs } from './xfs/index.js';
 
-export const VOLUME_DRIVERS = { file, btrfs } as const;
+export const VOLUME_DRIVERS = { file, btrfs, xfs } as const;
 
 type Schemas = (typeof VOLUME_DRIVERS)[keyof typeof VOLUME_DRIVERS]['schema'];
 /** Every driver's config schema: the members of the config's `backends` union. */

@@ -8,18 +8,17 @@
  * filesystem, costs a metadata update instead of a full read and write. Images keep COW
  * on (no NOCOW attribute): reflinks need it.
  */
-import { randomBytes } from 'node:crypto';
-import { constants as fsc } from 'node:fs';
-import { copyFile, mkdir, rename, rm, stat, statfs, truncate, writeFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { mkdir, stat, statfs } from 'node:fs/promises';
 import { execa } from 'execa';
 import type { DriverCapabilities, VolumeDriver, VolumeLocator } from '../driver.js';
 import { assertSafeName, FileVolumeDriver } from '../file/driver.js';
 import { GbackupError, InvalidConfig } from '../../../errors.js';
+import { checkCloneWorks, cloneReplacing, cloneSnapshot, requireFilesystem } from '../reflink.js';
 
 /** statfs(2) f_type of btrfs (BTRFS_SUPER_MAGIC). */
 export const BTRFS_SUPER_MAGIC = 0x9123683e;
 
+/** btrfs's own failures; a clone that fails at start-up is a ReflinkError. */
 export class BtrfsError extends GbackupError {}
 
 /** True when `path` lives on a btrfs filesystem. */
@@ -44,21 +43,6 @@ export async function btrfsFilesystemUuid(path: string): Promise<string> {
   throw new BtrfsError(`cannot tell the btrfs filesystem UUID of '${path}' (mounted at '${mountPoint}'): ${show.stderr.trim() || 'no uuid in output'}`);
 }
 
-/** Nearest existing ancestor of `path` (itself included). */
-async function nearestExisting(path: string): Promise<string> {
-  for (let p = path; ; p = dirname(p)) {
-    try {
-      await stat(p);
-      return p;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || dirname(p) === p) throw e;
-    }
-  }
-}
-
-/** Errors of a clone that a plain copy would not have: the pair is not reflinkable. */
-const NOT_CLONEABLE = new Set(['EXDEV', 'EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENOSYS']);
-
 export class BtrfsVolumeDriver extends FileVolumeDriver {
   override readonly driverName: string = 'btrfs';
   private uuid: Promise<string> | undefined;
@@ -68,21 +52,13 @@ export class BtrfsVolumeDriver extends FileVolumeDriver {
    * Idempotent, and safe when two processes prepare the same backend at once.
    */
   override async prepare(): Promise<void> {
-    const existing = await nearestExisting(this.root);
-    if (!(await isOnBtrfs(existing))) {
-      const { stdout: fsType } = await execa('stat', ['--file-system', '--format', '%T', existing], { reject: false });
-      throw new InvalidConfig(
-        `backend '${this.backend}' (driver btrfs): path '${this.root}' is not on a btrfs filesystem` +
-          (fsType ? ` ('${existing}' is on ${fsType.trim()})` : '') +
-          '; mount a btrfs filesystem there, or use driver: file',
-      );
-    }
+    await requireFilesystem({ backend: this.backend, driver: 'btrfs', root: this.root, magic: BTRFS_SUPER_MAGIC, label: 'btrfs' });
     // A path inside the filesystem that does not exist yet is made as a plain directory.
     await mkdir(this.root, { recursive: true });
     for (const pool of this.pools) if (pool !== null) await this.ensureSubvolume(pool);
     this.uuid = undefined;
     await this.filesystemUuid();
-    await this.checkCloneWorks();
+    await checkCloneWorks(this.backend, this.pools.map((pool) => ({ pool, dir: this.placeLocation(pool) })), 'is it marked NOCOW?');
   }
 
   private async ensureSubvolume(pool: string): Promise<void> {
@@ -112,26 +88,6 @@ export class BtrfsVolumeDriver extends FileVolumeDriver {
     }
   }
 
-  /**
-   * One tiny clone per pool at start-up: a pool directory marked NOCOW (chattr +C), for
-   * one, makes its new files unclonable, and that should stop the worker, not a backup.
-   */
-  private async checkCloneWorks(): Promise<void> {
-    for (const pool of this.pools) {
-      const a = `${this.placeLocation(pool)}/.reflink-probe-${process.pid}-${randomBytes(4).toString('hex')}`;
-      const b = `${a}.clone`;
-      try {
-        await writeFile(a, 'probe');
-        await copyFile(a, b, fsc.COPYFILE_FICLONE_FORCE);
-      } catch (e) {
-        throw new BtrfsError(`backend '${this.backend}'${pool ? ` pool '${pool}'` : ''}: reflink clone fails in '${this.placeLocation(pool)}' (${(e as Error).message}); is it marked NOCOW?`);
-      } finally {
-        await rm(a, { force: true });
-        await rm(b, { force: true });
-      }
-    }
-  }
-
   override async capabilities(): Promise<DriverCapabilities> {
     return { snapshotMethod: 'reflink', storageAssistedBackup: true, sparseCopy: true };
   }
@@ -151,41 +107,19 @@ export class BtrfsVolumeDriver extends FileVolumeDriver {
 
   /** O(1): the snapshot shares every extent with the source until either is written. */
   override async createSnapshot(source: VolumeLocator, snapshot: VolumeLocator): Promise<void> {
-    const src = this.imagePath(source);
-    const dst = this.imagePath(snapshot);
     if ((await this.volumeSize(snapshot)) !== null) return;
-    const tmp = `${dst}.creating`;
-    await copyFile(src, tmp, fsc.COPYFILE_FICLONE_FORCE);
-    await rename(tmp, dst);
+    await cloneSnapshot(this.imagePath(source), this.imagePath(snapshot));
   }
 
   /**
    * Backup or restore by reflink when the source is a btrfs volume on this same
-   * filesystem (any pool, any backend configured on it): the destination becomes a clone
-   * of the whole source image, replaced atomically, so a retry after success, or after a
-   * crash at any point, ends in the same state. A destination that was larger than the
-   * source keeps its size, with zeros past the source's end, as the generic path leaves it.
-   * Anything else returns false and the caller copies with dd.
+   * filesystem (any pool, any backend configured on it); anything else returns false and
+   * the caller copies with dd.
    */
   override async storageAssistedCopy(sourceDriver: VolumeDriver, source: VolumeLocator, dest: VolumeLocator): Promise<boolean> {
     if (!(sourceDriver instanceof BtrfsVolumeDriver)) return false;
     const [srcUuid, ownUuid] = await Promise.all([sourceDriver.filesystemUuid(), this.filesystemUuid()]);
     if (srcUuid !== ownUuid) return false;
-    const src = sourceDriver.imagePath(source);
-    const dst = this.imagePath(dest);
-    const srcSize = (await stat(src)).size;
-    const destSize = (await this.volumeSize(dest)) ?? 0;
-    const tmp = `${dst}.creating`;
-    try {
-      await copyFile(src, tmp, fsc.COPYFILE_FICLONE_FORCE);
-    } catch (e) {
-      await rm(tmp, { force: true });
-      // Same filesystem, yet not clonable (e.g. a NOCOW source): dd still can.
-      if (NOT_CLONEABLE.has((e as NodeJS.ErrnoException).code ?? '')) return false;
-      throw e;
-    }
-    if (destSize > srcSize) await truncate(tmp, destSize);
-    await rename(tmp, dst);
-    return true;
+    return cloneReplacing(sourceDriver.imagePath(source), this.imagePath(dest), (await this.volumeSize(dest)) ?? 0);
   }
 }

@@ -1,28 +1,35 @@
 /**
- * A real btrfs filesystem for tests: a sparse image file, formatted and mounted through
- * a loop device. cleanup() unmounts, detaches and removes everything, is idempotent,
- * and is also what a failed setup runs before it throws.
+ * A real filesystem (btrfs, xfs) for tests: a sparse image file, formatted and mounted
+ * through a loop device. cleanup() unmounts, detaches and removes everything, is
+ * idempotent, and is also what a failed setup runs before it throws.
  */
 import { mkdir, rm, rmdir, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 
-export interface BtrfsFilesystem {
+export interface LoopFilesystem {
   /** `<dir>/mnt` */
   mountPoint: string;
-  /** The sparse image file backing the filesystem (`<dir>/btrfs.img`). */
+  /** The sparse image file backing the filesystem (`<dir>/<type>.img`). */
   image: string;
   /** The loop device the filesystem is mounted from. */
   device: string;
   cleanup(): Promise<void>;
 }
 
-/** mkfs.btrfs refuses anything smaller than this. */
-export const MIN_BTRFS_BYTES = 114 * 1024 * 1024;
+export type BtrfsFilesystem = LoopFilesystem;
 
-export async function makeBtrfsFilesystem(dir: string, sizeBytes: number): Promise<BtrfsFilesystem> {
-  if (sizeBytes < MIN_BTRFS_BYTES) throw new Error(`a btrfs filesystem needs at least ${MIN_BTRFS_BYTES} bytes, not ${sizeBytes}`);
-  const image = join(dir, 'btrfs.img');
+/** mkfs refuses anything smaller than this. */
+const MIN_BYTES = { btrfs: 114 * 1024 * 1024, xfs: 300 * 1024 * 1024 } as const;
+const MKFS = { btrfs: ['mkfs.btrfs', '-q', '-f'], xfs: ['mkfs.xfs', '-q', '-f', '-m', 'reflink=1'] } as const;
+
+export function makeBtrfsFilesystem(dir: string, sizeBytes: number): Promise<LoopFilesystem> {
+  return makeLoopFilesystem(dir, sizeBytes, 'btrfs');
+}
+
+export async function makeLoopFilesystem(dir: string, sizeBytes: number, type: 'btrfs' | 'xfs'): Promise<LoopFilesystem> {
+  if (sizeBytes < MIN_BYTES[type]) throw new Error(`a ${type} filesystem needs at least ${MIN_BYTES[type]} bytes, not ${sizeBytes}`);
+  const image = join(dir, `${type}.img`);
   const mountPoint = join(dir, 'mnt');
   let device = '';
   let mounted = false;
@@ -55,9 +62,10 @@ export async function makeBtrfsFilesystem(dir: string, sizeBytes: number): Promi
     await mkdir(mountPoint, { recursive: true });
     await writeFile(image, '');
     await truncate(image, sizeBytes);
-    await execa('mkfs.btrfs', ['-q', '-f', image]);
+    const [mkfs, ...args] = MKFS[type];
+    await execa(mkfs, [...args, image]);
     device = (await execa('losetup', ['--find', '--show', image])).stdout.trim();
-    await execa('mount', ['-t', 'btrfs', device, mountPoint]);
+    await execa('mount', ['-t', type, device, mountPoint]);
     mounted = true;
   } catch (e) {
     await cleanup();
