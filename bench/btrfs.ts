@@ -12,7 +12,6 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DefaultLogger, Runtime as TemporalRuntime } from '@temporalio/worker';
 import { execa } from 'execa';
 import type { BackupResult, RestoreResult } from '../src/api.js';
 import { GbackupClient } from '../src/client/client.js';
@@ -24,6 +23,7 @@ import { MiB } from '../src/size.js';
 import { Volumes } from '../src/services/volumes.js';
 import { startWorkers } from '../src/workers/worker.js';
 import { makeBtrfsFilesystem } from '../test/helpers/loopfs.js';
+import { installLogger } from '../src/workers/logging.js';
 
 const SIZE = 1024 * MiB;
 const say = (m: string) => process.stderr.write(`bench-btrfs: ${m}\n`);
@@ -67,7 +67,7 @@ async function dataPathSeconds(client: GbackupClient, workflowId: string): Promi
 }
 
 async function run(): Promise<void> {
-  TemporalRuntime.install({ logger: new DefaultLogger('WARN') });
+  installLogger('WARN');
   const dir = mkdtempSync('/var/tmp/gbackup-bench-btrfs-');
   const fs = await makeBtrfsFilesystem(dir, 4 * 1024 * MiB);
   const server = await startDevServer({ dbFile: join(dir, 'temporal.sqlite'), uiPort: null });

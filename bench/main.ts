@@ -21,7 +21,6 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, statfsSync, writeFileSync } 
 import { open, rm } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
-import { DefaultLogger, Runtime as TemporalRuntime } from '@temporalio/worker';
 import type { WorkflowHandle } from '@temporalio/client';
 import { execa } from 'execa';
 import type { BackupResult, RestoreResult } from '../src/api.js';
@@ -36,6 +35,7 @@ import { MiB } from '../src/size.js';
 import { Volumes } from '../src/services/volumes.js';
 import { sha256File } from '../src/copy/checksum.js';
 import { startWorkers, type RunningWorkers } from '../src/workers/worker.js';
+import { installLogger } from '../src/workers/logging.js';
 
 const GiB = 1024 * MiB;
 /** BENCH_SIZE_GIB=n: larger volumes show how the fixed cost of a workflow amortizes. */
@@ -525,7 +525,7 @@ function report(results: ScenarioResult[], sweep: { bs: number; seconds: number 
 async function run(): Promise<void> {
   const base = '/var/tmp';
   checkHost(base);
-  TemporalRuntime.install({ logger: new DefaultLogger('WARN') });
+  installLogger('WARN');
   const world: World = { dir: mkdtempSync(join(base, 'gbackup-bench-')), server: null, workers: null, rt: null, client: null };
   const onSignal = (sig: NodeJS.Signals) => {
     say(`${sig}: cleaning up`);

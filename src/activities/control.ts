@@ -6,7 +6,7 @@
  */
 import { Context } from '@temporalio/activity';
 import type { VolumeStatus, VolumeView } from '../api.js';
-import { backupView, type BackupLocation } from '../catalog/catalog.js';
+import { backupView } from '../catalog/catalog.js';
 import type { ConnectionInfo } from '../drivers/volume/driver.js';
 import { InsufficientSpace, InvalidInput, InvalidStatus, NoEligibleNode } from '../errors.js';
 import type { Runtime } from '../services/runtime.js';
@@ -14,20 +14,12 @@ import type { BackupPlan, Loc, RestorePlan, Timeouts } from './plans.js';
 import { formatBytes } from '../size.js';
 import { failpoint } from './failpoints.js';
 import { copyExtentsOf, extentBytes } from '../copy/extents.js';
-import { checkReadable, createObjectActivities } from './objects.js';
+import { createObjectActivities } from './objects.js';
 import { checkBackupSource, checkDeletable, checkIncrementalTarget, checkRestorable, checkRestoreOnto } from '../services/rules.js';
+import { backupKind, targetKind } from '../services/target-kinds.js';
 
-export const backupVolumeName = (backupId: string) => `backup-${backupId}`;
 export const tempSnapshotName = (backupId: string) => `backup-snap-${backupId}`;
 const workflowId = () => Context.current().info.workflowExecution?.workflowId ?? 'none';
-
-/** The metadata record written with every backup, enough to rebuild a lost catalog. */
-export interface BackupRecordFile {
-  format: 'gbackup-volume-backup';
-  version: 1;
-  backup: ReturnType<typeof backupView> & { location: BackupLocation };
-  volume: { id: string; name: string; backend: string; pool: string | null; size: number };
-}
 
 /** Spreads copies over nodes deterministically by key, so a retry picks the same node. */
 export function spreadIndex(key: string, n: number): number {
@@ -76,9 +68,9 @@ export function createControlActivities(rt: ControlDeps) {
       const target = rt.target(input.target);
       const existing = c.findBackup(input.backupId);
       const volume = c.volume(input.volumeId);
-      const objectTarget = target.driver === 'volume' ? null : target.name;
+      const kind = targetKind(rt, target.name);
       checkIncrementalTarget(target, input.incremental === true);
-      const dest: Loc | null = target.driver === 'volume' ? { backend: target.backend, pool: target.pool ?? null, name: backupVolumeName(input.backupId) } : null;
+      const { dest, objectTarget } = kind.place(target, input.backupId);
       const snapshot = input.snapshotId !== undefined ? c.snapshot(input.snapshotId) : null;
       // An in-use volume is read through a temporary snapshot named after the backup (the spec).
       const inUse = snapshot === null && (existing ? existing.sourcePreviousStatus === 'in-use' : volume.status === 'in-use');
@@ -104,18 +96,7 @@ export function createControlActivities(rt: ControlDeps) {
       }
       checkBackupSource(volume, snapshot, input.force === true);
       await checkReachable(source, dest);
-      if (dest !== null) {
-        const { freeBytes } = await rt.driver(dest.backend).stats(dest.pool);
-        if (volume.size > freeBytes) {
-          throw new InsufficientSpace(`target '${target.name}' has ${formatBytes(freeBytes)} free; volume '${volume.id}' needs ${formatBytes(volume.size)}`);
-        }
-      } else {
-        // Opens the store now: missing credentials or key, a missing bucket or directory, a
-        // store that refuses us or does not answer: all refused before anything changes.
-        const t = await rt.objectTarget(target.name);
-        await t.key();
-        await t.ready();
-      }
+      await kind.checkUsable(rt, target, volume);
       c.tx(() => {
         // An available volume is claimed as backing-up; an in-use one stays in-use (its
         // instance keeps writing; we read the snapshot), and so does a snapshot's volume.
@@ -214,17 +195,7 @@ export function createControlActivities(rt: ControlDeps) {
       const b = c.backup(input.backupId);
       if (b.status === 'available') return backupView(b);
       await failpoint('finalize');
-      const volume = c.volume(b.volumeId);
-      // An object target's metadata object, written by the engine, is its record.
-      if (b.location) {
-        const record: BackupRecordFile = {
-          format: 'gbackup-volume-backup',
-          version: 1,
-          backup: { ...backupView({ ...b, status: 'available', storedBytes: input.storedBytes, method: input.method, node: input.node }), location: b.location },
-          volume: { id: volume.id, name: volume.name, backend: volume.backend, pool: volume.pool, size: volume.size },
-        };
-        await rt.driver(b.location.backend).writeRecord(b.location, record);
-      }
+      await backupKind(rt, b).record(rt, b, c.volume(b.volumeId), input);
       c.tx(() => {
         c.transitionBackup(b.id, ['creating'], 'available', {
           storedBytes: input.storedBytes,
@@ -257,9 +228,9 @@ export function createControlActivities(rt: ControlDeps) {
       const wf = workflowId();
       const c = cat();
       const backup = c.backup(input.backupId);
-      const objectTarget = rt.isObjectTarget(backup.target) ? backup.target : null;
-      if (!backup.location && objectTarget === null) throw new InvalidInput(`backup '${backup.id}' has no stored location`);
-      const source: Loc | null = backup.location ? { ...backup.location } : null;
+      const kind = backupKind(rt, backup);
+      const { source, objectTarget } = kind.locate(backup);
+      if (source === null && objectTarget === null) throw new InvalidInput(`backup '${backup.id}' has no stored location`);
       const object = objectTarget !== null ? { objectTarget } : {};
       if (input.volumeId !== undefined) {
         const v = c.volume(input.volumeId);
@@ -270,7 +241,7 @@ export function createControlActivities(rt: ControlDeps) {
         checkRestoreOnto(v, backup);
         await checkReachable(source, dest);
         // The chain and the key, before any volume changes.
-        if (objectTarget !== null) await checkReadable(await rt.objectTarget(objectTarget), backup.id);
+        await kind.checkReadable(rt, backup);
         c.tx(() => {
           c.transitionBackup(backup.id, ['available'], 'restoring');
           c.transitionVolume(v.id, ['available'], 'restoring-backup', { rememberPrevious: true, owner: wf });
@@ -298,7 +269,7 @@ export function createControlActivities(rt: ControlDeps) {
       const pool = rt.volumePlace(backend, input.pool);
       await checkReachable(source, { backend, pool, name: input.newVolumeId });
       // The chain and the key, before any volume changes.
-      if (objectTarget !== null) await checkReadable(await rt.objectTarget(objectTarget), backup.id);
+      await kind.checkReadable(rt, backup);
       const driver = rt.driver(backend);
       const { freeBytes } = await driver.stats(pool);
       if (backup.size > freeBytes) throw new InsufficientSpace(`backend '${backend}'${pool ? ` pool '${pool}'` : ''} has ${formatBytes(freeBytes)} free; backup '${backup.id}' needs ${formatBytes(backup.size)}`);
@@ -345,14 +316,13 @@ export function createControlActivities(rt: ControlDeps) {
     async beginDeleteBackup(input: { backupId: string }): Promise<{ location: Loc | null; objectTarget?: string }> {
       const c = cat();
       const b = c.backup(input.backupId);
-      const object = b.location === null && rt.isObjectTarget(b.target) ? { objectTarget: b.target } : {};
+      const kind = backupKind(rt, b);
+      const { objectTarget } = kind.locate(b);
+      const object = objectTarget !== null ? { objectTarget } : {};
       if (b.status === 'deleting') return { location: b.location, ...object };
       checkDeletable(b, c.dependentsOf(b.id));
-      if (object.objectTarget !== undefined) {
-        // A backup being made of the same volume may choose this one as its parent.
-        const running = c.listBackups(b.volumeId).find((x) => x.id !== b.id && x.target === b.target && x.status === 'creating');
-        if (running) throw new InvalidStatus(`backup '${b.id}' cannot be deleted while backup '${running.id}' of the same volume is being made on target '${b.target}' (it may build on it)`);
-      }
+      const blocker = kind.deleteBlocker(rt, b);
+      if (blocker !== null) throw new InvalidStatus(blocker);
       c.transitionBackup(b.id, ['available', 'error'], 'deleting');
       return { location: b.location, ...object };
     },

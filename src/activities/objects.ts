@@ -5,23 +5,12 @@
  */
 import { Context } from '@temporalio/activity';
 import { deleteBackup } from '../drivers/backup/prune.js';
-import { openChain } from '../drivers/backup/chain.js';
 import { verifyBackup, type VerifyResult } from '../drivers/backup/verify.js';
-import { type ChunkedTarget } from '../drivers/backup/target.js';
 import { InvalidInput, InvalidStatus } from '../errors.js';
 import type { Runtime } from '../services/runtime.js';
+import { backupKind } from '../services/target-kinds.js';
 
-/**
- * Refuses, before anything is touched, a restore or verify that cannot read the backup:
- * its chain is not all in the target, or it is encrypted and the target's key is missing
- * or is not the key it was written with.
- */
-export async function checkReadable(target: ChunkedTarget, backupId: string): Promise<void> {
-  await openChain(target, backupId);
-}
-
-/** The object-target activities need the catalog and the opened targets only. */
-export function createObjectActivities(rt: Pick<Runtime, 'catalog' | 'objectTarget' | 'isObjectTarget'>) {
+export function createObjectActivities(rt: Pick<Runtime, 'catalog' | 'driver' | 'objectTarget' | 'isObjectTarget'>) {
   return {
     /**
      * Removes a backup's objects (its metadata, and the chunks no other backup uses);
@@ -42,7 +31,8 @@ export function createObjectActivities(rt: Pick<Runtime, 'catalog' | 'objectTarg
       if (b.status !== 'available' && b.status !== 'restoring') {
         throw new InvalidStatus(`backup '${b.id}' is '${b.status}'; only a complete backup can be verified`);
       }
-      await checkReadable(await rt.objectTarget(b.target), b.id);
+      // The chain and the key, before anything is read.
+      await backupKind(rt, b).checkReadable(rt, b);
       return { target: b.target };
     },
 

@@ -4,7 +4,7 @@
  * restorable again without the old catalog. Records already in the catalog are left as
  * they are; a record whose data is missing is skipped and reported.
  */
-import type { BackupRecordFile } from '../activities/control.js';
+import type { BackupRecordFile } from './target-kinds.js';
 import { listBackupRecords } from '../drivers/backup/chain.js';
 import { catalogFromMetadata } from './records.js';
 import type { Runtime } from './runtime.js';

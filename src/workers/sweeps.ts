@@ -12,7 +12,7 @@
  * backup no longer runs (a cleanup that failed for good).
  */
 import { Connectors } from '../connectors/registry.js';
-import { deleteBackup } from '../drivers/backup/prune.js';
+import { backupKind } from '../services/target-kinds.js';
 import type { Runtime } from '../services/runtime.js';
 
 export interface SweepDeps {
@@ -30,14 +30,8 @@ export async function sweepAbandoned(rt: Runtime, deps: SweepDeps): Promise<stri
   for (const b of c.listBackups()) {
     if (b.status !== 'creating' || b.workflowId === null || (await deps.isRunning(b.workflowId))) continue;
     const wf = b.workflowId;
-    if (b.location) {
-      const driver = rt.driver(b.location.backend);
-      if (attached.has(driver.initializeConnection(b.location).path)) continue;
-      await driver.deleteVolume(b.location);
-      await driver.deleteRecord(b.location);
-    } else if (rt.isObjectTarget(b.target)) {
-      await deleteBackup({ target: await rt.objectTarget(b.target), backupId: b.id });
-    }
+    // Nothing still attached on this host is removed; the next sweep finishes it.
+    if (!(await backupKind(rt, b).removeAbandoned(rt, b, attached))) continue;
     c.tx(() => {
       c.transitionBackup(b.id, ['creating'], 'error', { error: `abandoned: workflow ${wf} ended without finishing (terminated or timed out); what it stored was removed` });
       const v = c.findVolume(b.volumeId);

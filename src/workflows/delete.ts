@@ -3,6 +3,7 @@ import { upsertSearchAttributes } from '@temporalio/workflow';
 import { DeleteBackupInput, SEARCH_ATTRIBUTES } from '../api.js';
 import { compensation, control } from './activities.js';
 import { failureReason, failureType, parseInput, Tracker } from './common.js';
+import { backupTargetFor } from './targets/index.js';
 
 export async function deleteBackup(raw: DeleteBackupInput): Promise<{ backupId: string; deleted: true }> {
   const input = parseInput(DeleteBackupInput, raw);
@@ -15,9 +16,7 @@ export async function deleteBackup(raw: DeleteBackupInput): Promise<{ backupId: 
   const begun = await control.beginDeleteBackup({ backupId: input.backupId });
   try {
     tracker.phase('deleting data');
-    if (begun.location) await control.deleteBackendVolume({ loc: begun.location });
-    // The store refuses when other backups (say, imported ones) build on this one.
-    if (begun.objectTarget) await control.deleteObjectBackup({ target: begun.objectTarget, backupId: input.backupId });
+    await backupTargetFor(begun).delete({ begun, backupId: input.backupId, control });
     await control.finishDeleteBackup({ backupId: input.backupId });
   } catch (err) {
     const refused = failureType(err) === 'BackupHasDependents';

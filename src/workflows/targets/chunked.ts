@@ -58,4 +58,9 @@ export const chunkedTarget: BackupTarget = {
     tracker.state.lastCopy = { resumedFrom: r.resumedFrom, bytesCopied: r.bytesWritten, storedBytes: r.bytesFetched, node: r.node };
     tracker.state.bytesDone = plan.size;
   },
+
+  async delete({ begun, backupId, control }) {
+    // The store refuses when other backups (say, imported ones) build on this one.
+    await control.deleteObjectBackup({ target: begun.objectTarget!, backupId });
+  },
 };

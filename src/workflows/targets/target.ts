@@ -7,7 +7,7 @@
  * Each implementation issues exactly the activities, in exactly the order, that the
  * workflows issued before this seam existed, so recorded histories still replay.
  */
-import type { BackupPlan, RestorePlan } from '../../activities/plans.js';
+import type { BackupPlan, Loc, RestorePlan } from '../../activities/plans.js';
 import type { Activities } from '../activities.js';
 import type { Tracker } from '../common.js';
 import type { Saga } from '../saga.js';
@@ -37,9 +37,18 @@ export interface RestoreContext {
   touched: () => void;
 }
 
+export interface DeleteContext {
+  backupId: string;
+  /** What beginDeleteBackup found: the backup volume, or the object target holding the backup. */
+  begun: { location: Loc | null; objectTarget?: string };
+  control: Activities['control'];
+}
+
 export interface BackupTarget {
   /** Stores the backup (pushing the undo of what it makes onto the saga first); returns what finalize records. */
   backup(ctx: BackupContext): Promise<StoredBackup>;
   /** Writes the backup onto the plan's destination volume (made or cleared as needed). */
   restore(ctx: RestoreContext): Promise<void>;
+  /** Removes the stored backup (idempotent; a chunked store refuses while other backups build on it). */
+  delete(ctx: DeleteContext): Promise<void>;
 }

@@ -38,4 +38,8 @@ export const volumeTarget: BackupTarget = {
     }
     await runDataPath({ source, dest: plan.dest, size: plan.size, sparse: true, key: plan.volumeId, tracker, acts, onCopyStart: touched });
   },
+
+  async delete({ begun, control }) {
+    if (begun.location) await control.deleteBackendVolume({ loc: begun.location });
+  },
 };
