@@ -5,12 +5,14 @@
  * command succeeds. Real MinIO, real Temporal, real tmpfs mounts for the full and
  * read-only directories, real loop devices. Prints the table: fault, seconds, message.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { freePort } from '../src/dev/devserver.js';
+import { startWorkers } from '../src/workers/worker.js';
+import { HeadBucketCommand } from '@aws-sdk/client-s3';
 import { listLoopDevices } from '../src/connectors/loop.js';
 import { listAll } from '../src/drivers/backup/stores/store.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
@@ -20,6 +22,10 @@ import { startMinio, type Minio } from './helpers/minio.js';
 /** Every fault below must reach its terminal state within this (the unreachable endpoint takes ~8 s of tries). */
 const BOUND_S = 60;
 const MISSING_BUCKET = 'gbackup-never-made';
+/** A bucket the config asks to be made (createBucket: true). */
+const AUTO_BUCKET = 'gbackup-made-on-request';
+/** What the worker logged, from its start on. */
+const workerLog: string[] = [];
 
 let minio: Minio;
 let env: TestEnv;
@@ -80,6 +86,7 @@ ${s3('nobucket', `bucket: ${MISSING_BUCKET}\n    credentialsFile: ${dir}/good.js
 ${s3('badsecret', `bucket: ${minio.bucket}\n    prefix: badsecret\n    credentialsFile: ${dir}/wrong-secret.json`)}
 ${s3('badid', `bucket: ${minio.bucket}\n    prefix: badid\n    credentialsFile: ${dir}/unknown-id.json`)}
   - { name: down, driver: s3, endpoint: ${down}, bucket: ${minio.bucket}, forcePathStyle: true, credentialsFile: ${dir}/good.json }
+  - { name: auto, driver: s3, endpoint: ${minio.endpoint}, bucket: ${AUTO_BUCKET}, forcePathStyle: true, credentialsFile: ${dir}/good.json, createBucket: true }
 defaultTarget: vault
 `.replace(/endpoint: \n/g, '');
     },
@@ -90,7 +97,7 @@ defaultTarget: vault
   // The volume target's backend: room for one 32 MiB volume, so the test can fill it mid-copy.
   await tmpfs(join(env.dir, 'tiny'), 'size=40m');
   process.env.GBACKUP_FAILPOINTS_FILE = failpoints();
-  await env.startWorkers();
+  env.workers = await startWorkers({ config: env.config, workflowBundle: { code: inject('workflowCode') }, log: (m) => workerLog.push(m) });
 });
 
 afterAll(async () => {
@@ -147,6 +154,22 @@ async function succeeds(volumeId: string, target: string) {
 }
 
 describe('permanent failures fail fast and clearly, and leave nothing behind', () => {
+  it('the worker warns at start, naming each target it cannot use, and makes the bucket a target asks for', async () => {
+    const expected = ['nobucket', 'badsecret', 'badid', 'down', 'gone', 'ro'];
+    const warned = (name: string) => workerLog.some((l) => l.startsWith(`gbackup worker: WARNING: target '${name}'`));
+    // The unreachable endpoint takes its ~8 s of tries; the check runs beside the polling.
+    for (let i = 0; i < 300 && !expected.every(warned); i++) await sleep(100);
+    expect(expected.filter((n) => !warned(n))).toEqual([]);
+    expect(workerLog.find((l) => l.includes("target 'down'"))).toMatch(/reach failed: StoreUnreachable: .*unreachable: ECONNREFUSED/);
+    expect(workerLog.find((l) => l.includes("target 'ro'"))).toMatch(/read-only \(EROFS\)/);
+    // Usable targets are not mentioned, but for the one whose bucket was made on request.
+    expect(workerLog.some((l) => l.includes("target 'full'") || l.includes("target 'vault'"))).toBe(false);
+    expect(workerLog.find((l) => l.includes("target 'auto'"))).toMatch(/ok .*; bucket created/);
+    await minio.client.send(new HeadBucketCommand({ Bucket: AUTO_BUCKET }));
+    // One line per role and queue, before any of that.
+    expect(workerLog.filter((l) => / role /.test(l))).toHaveLength(2);
+  });
+
   it('S3: a bucket that does not exist; then --create-bucket and the retry succeeds', async () => {
     const v = await volumeWithData(env, 'alpha', undefined, 16, [0, 8]);
     await fails('S3 bucket missing', ['backup', 'create', v.id, '--target', 'nobucket', '--wait'], new RegExp(`bucket '${MISSING_BUCKET}' at ${minio.endpoint} does not exist`));
