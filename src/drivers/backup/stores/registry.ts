@@ -16,14 +16,8 @@ type Schemas = (typeof STORES)[keyof typeof STORES]['schema'];
 export const OBJECT_TARGET_SCHEMAS = Object.values(STORES).map((s) => s.schema) as unknown as [Schemas, ...Schemas[]];
 export const ObjectTarget = z.discriminatedUnion('driver', OBJECT_TARGET_SCHEMAS);
 export type ObjectTarget = z.infer<typeof ObjectTarget>;
-export type ObjectDriver = ObjectTarget['driver'];
-
-/** A target's config of one driver, e.g. TargetOf<'s3'>. */
-export type TargetOf<D extends ObjectDriver> = Extract<ObjectTarget, { driver: D }>;
 
 const plugin = (t: ObjectTarget): StorePlugin => STORES[t.driver];
-
-export const isObjectDriver = (driver: string): driver is ObjectDriver => Object.hasOwn(STORES, driver);
 
 /** The store a target config describes; credentials are read here, on the worker, never passed in. */
 export function openStore(target: ObjectTarget, env: NodeJS.ProcessEnv = process.env): Promise<ObjectStore> {
