@@ -6,7 +6,7 @@
  * read-only directories, real loop devices. Prints the table: fault, seconds, message.
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
@@ -77,6 +77,7 @@ stateDir: ${dir}/state
 backends:
   - { name: alpha, driver: file, path: ${dir}/alpha }
   - { name: tiny,  driver: file, path: ${dir}/tiny }
+  - { name: small, driver: file, path: ${dir}/small }
 targets:
   - { name: vault, driver: volume, backend: tiny }
   - { name: gone, driver: posix, path: ${dir}/not-mounted }
@@ -96,6 +97,8 @@ defaultTarget: vault
   await tmpfs(join(env.dir, 'full'), 'size=8m');
   // The volume target's backend: room for one 32 MiB volume, so the test can fill it mid-copy.
   await tmpfs(join(env.dir, 'tiny'), 'size=40m');
+  // A backend to restore onto, with room for one 16 MiB volume.
+  await tmpfs(join(env.dir, 'small'), 'size=24m');
   process.env.GBACKUP_FAILPOINTS_FILE = failpoints();
   env.workers = await startWorkers({ config: env.config, workflowBundle: { code: inject('workflowCode') }, log: (m) => workerLog.push(m) });
 });
@@ -239,14 +242,10 @@ describe('permanent failures fail fast and clearly, and leave nothing behind', (
 
   it('a volume backend that fills up mid-copy: backup error naming the backend, the half-made volume deleted; with room the retry succeeds', async () => {
     const v = await volumeWithData(env, 'alpha', undefined, 32, [0, 8, 16, 24]);
-    // Hold the copy right before dd starts, fill the backend behind the workflow's back, then let it go.
-    writeFileSync(failpoints(), 'copy=hang\n');
     const filler = join(env.dir, 'tiny', 'filler');
-    const run = fails('volume backend full mid-copy (ENOSPC)', ['backup', 'create', v.id, '--target', 'vault', '--wait'], /backend 'tiny' is full: writing .* failed with ENOSPC/);
-    for (let i = 0; i < 200 && !readFileSafe(`${failpoints()}.fired`).includes('copy=hang'); i++) await sleep(100);
-    writeFileSync(failpoints(), '');
-    await execa('dd', ['if=/dev/zero', `of=${filler}`, 'bs=1M', 'count=30', 'status=none'], { reject: false });
-    await run;
+    await fillDuringCopy(filler, 30, () =>
+      fails('volume backend full mid-copy (ENOSPC)', ['backup', 'create', v.id, '--target', 'vault', '--wait'], /backend 'tiny' is full: writing .* failed with ENOSPC/),
+    );
     await nothingLeft(v.id, 'vault');
     const failed = env.rt.catalog.listBackups(v.id).filter((b) => b.target === 'vault');
     expect(failed.map((b) => b.status)).toEqual(['error']);
@@ -255,6 +254,35 @@ describe('permanent failures fail fast and clearly, and leave nothing behind', (
     expect((await execa('ls', [join(env.dir, 'tiny')])).stdout.trim()).toBe('filler');
     await execa('rm', [filler]);
     await succeeds(v.id, 'vault');
+  });
+
+  it('a volume backend that fills up mid-restore from an object target: the new volume is gone, the backup stays available; with room the retry succeeds', async () => {
+    const v = await volumeWithData(env, 'alpha', undefined, 16, [0, 4, 8, 12]);
+    // The posix target's directory exists by now (the test above made it; this one may run alone).
+    mkdirSync(join(env.dir, 'not-mounted'), { recursive: true });
+    const b = await succeeds(v.id, 'gone');
+    const filler = join(env.dir, 'small', 'filler');
+    // Buffered writes to the loop device: the kernel reports the full backend as EIO at fdatasync.
+    await fillDuringCopy(filler, 20, () =>
+      fails('volume backend full mid-restore (EIO, 0 bytes free)', ['backup', 'restore', b.id as string, '--backend', 'small', '--wait'], /backend 'small' is full: writing .* failed with EIO/),
+    );
+    expect(env.rt.catalog.backup(b.id as string).status).toBe('available');
+    expect(env.rt.catalog.listVolumes().filter((x) => x.backend === 'small')).toEqual([]);
+    expect((await execa('ls', [join(env.dir, 'small')])).stdout.trim()).toBe('filler');
+    expect(await findLeaks(env)).toEqual(NO_LEAKS);
+    await execa('rm', [filler]);
+    const r = await gb('backup', 'restore', b.id as string, '--backend', 'small', '--wait', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    expect(await env.volumes.sha256(r.json!.id as string)).toBe(await env.volumes.sha256(v.id));
+  });
+
+  it('target list names every target, its driver and where its backups go', async () => {
+    const r = await gb('target', 'list', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const rows = r.json as unknown as { name: string; driver: string; location: string; default: boolean }[];
+    expect(rows.find((t) => t.name === 'vault')).toEqual({ name: 'vault', driver: 'volume', location: 'tiny', default: true });
+    expect(rows.find((t) => t.name === 'gone')).toMatchObject({ driver: 'posix', location: join(env.dir, 'not-mounted'), default: false });
+    expect(rows.find((t) => t.name === 'down')).toMatchObject({ driver: 's3', location: `s3://${minio.bucket}/ at ${down}` });
   });
 
   it('a transient failure is retried, and the last error shows in the progress while it is', async () => {
@@ -271,6 +299,20 @@ describe('permanent failures fail fast and clearly, and leave nothing behind', (
     }
   });
 });
+
+/**
+ * Holds the copy `run` starts right before it writes (failpoint), fills the destination's
+ * filesystem with `mib` MiB behind the workflow's back, then lets the copy go on.
+ */
+async function fillDuringCopy(filler: string, mib: number, run: () => Promise<unknown>): Promise<void> {
+  rmSync(`${failpoints()}.fired`, { force: true });
+  writeFileSync(failpoints(), 'copy=hang\n');
+  const done = run();
+  for (let i = 0; i < 200 && !readFileSafe(`${failpoints()}.fired`).includes('copy=hang'); i++) await sleep(100);
+  writeFileSync(failpoints(), '');
+  await execa('dd', ['if=/dev/zero', `of=${filler}`, 'bs=1M', `count=${mib}`, 'status=none'], { reject: false });
+  await done;
+}
 
 function readFileSafe(f: string): string {
   try {

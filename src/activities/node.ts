@@ -82,13 +82,23 @@ export interface ObjectRestoreResult {
 /** How often progress reaches the workflow: each signal is a history event. */
 const NOTIFY_EVERY_MS = 2000;
 
+/** Below this much free space, a write that failed with EIO failed for lack of space. */
+const FULL_BELOW_BYTES = 1024 * 1024;
+
 /**
  * A write that failed for lack of space on the destination's backend: retrying would fail
  * the same way (the saga then deletes what the copy made, which frees the space again).
+ * Direct writes (dd) see ENOSPC; buffered writes to a loop device only see EIO at
+ * fdatasync, so an EIO on a backend with (almost) nothing free counts as full too.
  */
-function asBackendFull(e: unknown, dest: ConnectionInfo): unknown {
-  if ((e as { code?: unknown } | undefined)?.code !== 'ENOSPC') return e;
-  return new BackendFull(`backend '${dest.backend}' is full: writing ${dest.path} failed with ENOSPC (${(e as Error).message}); free space there, then retry`);
+async function asBackendFull(e: unknown, dest: ConnectionInfo, connector: Connectors): Promise<unknown> {
+  const code = (e as { code?: unknown } | undefined)?.code;
+  if (code !== 'ENOSPC' && code !== 'EIO') return e;
+  const free = code === 'EIO' ? await connector.freeBytes(dest).catch(() => null) : null;
+  if (code === 'EIO' && (free === null || free >= FULL_BELOW_BYTES)) return e;
+  return new BackendFull(
+    `backend '${dest.backend}' is full: writing ${dest.path} failed with ${code}${free !== null ? ` (${free} bytes free)` : ''} (${(e as Error).message}); free space there, then retry`,
+  );
 }
 
 export function createNodeActivities(deps: NodeDeps) {
@@ -206,8 +216,8 @@ export function createNodeActivities(deps: NodeDeps) {
           }
         },
       })
-        .catch((e: unknown) => {
-          throw asBackendFull(e, input.dest);
+        .catch(async (e: unknown) => {
+          throw await asBackendFull(e, input.dest, connector);
         })
         .finally(() => clearInterval(beat));
       c.heartbeat({ doneOffset: input.size, bytesCopied } satisfies CopyHeartbeat);
@@ -287,7 +297,7 @@ export function createNodeActivities(deps: NodeDeps) {
         });
         return { resumedFrom: r.resumedFrom, bytesWritten: r.bytesWritten, bytesFetched: r.bytesFetched, node };
       } catch (e) {
-        throw asBackendFull(e, input.dest);
+        throw await asBackendFull(e, input.dest, connector);
       } finally {
         copy.end();
       }

@@ -18,4 +18,6 @@ export interface Connector {
   dataExtents(info: Pick<ConnectionInfo, 'path'>, size: number): Promise<Extent[] | null>;
   /** Addresses (ConnectionInfo.path) of what is attached on this host now. */
   attached(): Promise<Set<string>>;
+  /** Bytes free where the volume's data lands (for telling a full backend from a broken one), or null when it cannot tell. */
+  freeBytes(info: Pick<ConnectionInfo, 'path'>): Promise<number | null>;
 }

@@ -6,7 +6,8 @@
  * after a crash the name in our history may belong to somebody else's loop device,
  * while the backing file identifies ours for certain.
  */
-import { realpath } from 'node:fs/promises';
+import { realpath, statfs } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { execa } from 'execa';
 import type { ConnectionInfo } from '../drivers/volume/driver.js';
 import { GbackupError, InvalidInput } from '../errors.js';
@@ -81,6 +82,16 @@ export class LoopConnector implements Connector {
   /** The image file's extents: what the loop device reads as data. */
   dataExtents(info: Pick<ConnectionInfo, 'path'>, size: number): Promise<Extent[] | null> {
     return rawDataExtents(info.path, size);
+  }
+
+  /** Free bytes of the filesystem holding the image file. */
+  async freeBytes(info: Pick<ConnectionInfo, 'path'>): Promise<number | null> {
+    try {
+      const s = await statfs(dirname(info.path));
+      return s.bavail * s.bsize;
+    } catch {
+      return null;
+    }
   }
 
   /** Backing files of every loop device on this host. */

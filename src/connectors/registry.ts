@@ -40,6 +40,10 @@ export class Connectors {
     return this.for(info).dataExtents(info, size);
   }
 
+  freeBytes(info: Pick<ConnectionInfo, 'path' | 'protocol'>) {
+    return this.for(info).freeBytes(info);
+  }
+
   /** What every connector has attached on this host. */
   async attached(): Promise<Set<string>> {
     const all = new Set<string>();
