@@ -22,7 +22,7 @@ import { Runtime } from '../src/services/runtime.js';
 import { MiB } from '../src/size.js';
 import { Volumes } from '../src/services/volumes.js';
 import { startWorkers } from '../src/workers/worker.js';
-import { makeBtrfsFilesystem } from '../test/helpers/loopfs.js';
+import { makeLoopFilesystem } from '../test/helpers/loopfs.js';
 import { installLogger } from '../src/workers/logging.js';
 
 const SIZE = 1024 * MiB;
@@ -69,7 +69,7 @@ async function dataPathSeconds(client: GbackupClient, workflowId: string): Promi
 async function run(): Promise<void> {
   installLogger('WARN');
   const dir = mkdtempSync('/var/tmp/gbackup-bench-btrfs-');
-  const fs = await makeBtrfsFilesystem(dir, 4 * 1024 * MiB);
+  const fs = await makeLoopFilesystem(dir, 4 * 1024 * MiB, 'btrfs');
   const server = await startDevServer({ dbFile: join(dir, 'temporal.sqlite'), uiPort: null });
   const yaml = `
 temporal: { address: ${server.address}, namespace: default, taskQueue: bench-btrfs }

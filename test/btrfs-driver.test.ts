@@ -14,7 +14,7 @@ import { execa } from 'execa';
 import { BtrfsVolumeDriver, isOnBtrfs } from '../src/drivers/volume/btrfs/driver.js';
 import { FileVolumeDriver } from '../src/drivers/volume/file/driver.js';
 import { VolumeExists } from '../src/errors.js';
-import { makeBtrfsFilesystem, type BtrfsFilesystem } from './helpers/loopfs.js';
+import { makeLoopFilesystem, type LoopFilesystem } from './helpers/loopfs.js';
 
 const MiB = 1024 * 1024;
 const BIG = 512 * MiB;
@@ -23,15 +23,15 @@ const BIG = 512 * MiB;
 const isSubvolume = async (path: string) => (await stat(path)).ino === 256;
 
 let dir: string;
-let fs1: BtrfsFilesystem | undefined;
-let fs2: BtrfsFilesystem | undefined;
+let fs1: LoopFilesystem | undefined;
+let fs2: LoopFilesystem | undefined;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'gbackup-btrfs-'));
   // Room for the 512 MiB volume plus a thick-checked destination and a dd copy of it;
   // the image is sparse, so only what is written takes host disk.
-  fs1 = await makeBtrfsFilesystem(join(dir, 'fs1'), 2048 * MiB);
-  fs2 = await makeBtrfsFilesystem(join(dir, 'fs2'), 256 * MiB);
+  fs1 = await makeLoopFilesystem(join(dir, 'fs1'), 2048 * MiB, 'btrfs');
+  fs2 = await makeLoopFilesystem(join(dir, 'fs2'), 256 * MiB, 'btrfs');
 });
 
 afterAll(async () => {
@@ -43,7 +43,7 @@ afterAll(async () => {
   }
 });
 
-function mnt(fs: BtrfsFilesystem | undefined): string {
+function mnt(fs: LoopFilesystem | undefined): string {
   if (!fs) throw new Error('btrfs filesystem was not set up');
   return fs.mountPoint;
 }

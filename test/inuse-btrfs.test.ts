@@ -14,15 +14,15 @@ import type { BackupResult, RestoreResult } from '../src/api.js';
 import { MiB } from '../src/size.js';
 import { Snapshots } from '../src/services/snapshots.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
-import { makeBtrfsFilesystem, type BtrfsFilesystem } from './helpers/loopfs.js';
+import { makeLoopFilesystem, type LoopFilesystem } from './helpers/loopfs.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 
 let env: TestEnv;
-let fs: BtrfsFilesystem;
+let fs: LoopFilesystem;
 let fsDir: string;
 beforeAll(async () => {
   fsDir = mkdtempSync(join(tmpdir(), 'gbackup-btrfs-'));
-  fs = await makeBtrfsFilesystem(fsDir, 1536 * MiB);
+  fs = await makeLoopFilesystem(fsDir, 1536 * MiB, 'btrfs');
   env = await makeEnv({
     yaml: (dir, taskQueue, address) => `
 temporal: { address: ${address}, namespace: default, taskQueue: ${taskQueue} }

@@ -17,10 +17,10 @@ import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { startMinio, type Minio } from './helpers/minio.js';
 import { findStoreLeaks, NO_STORE_LEAKS } from './helpers/objects.js';
-import { makeBtrfsFilesystem, type BtrfsFilesystem } from './helpers/loopfs.js';
+import { makeLoopFilesystem, type LoopFilesystem } from './helpers/loopfs.js';
 
 let minio: Minio;
-let fs: BtrfsFilesystem;
+let fs: LoopFilesystem;
 let fsDir: string;
 let env: TestEnv;
 const keyHex = randomBytes(32).toString('hex');
@@ -73,7 +73,7 @@ defaultTarget: shelf
 beforeAll(async () => {
   minio = await startMinio();
   fsDir = mkdtempSync(join(tmpdir(), 'gbackup-objects-btrfs-'));
-  fs = await makeBtrfsFilesystem(fsDir, 160 * MiB);
+  fs = await makeLoopFilesystem(fsDir, 160 * MiB, 'btrfs');
   env = await objectEnv(keyHex);
 }, 120_000);
 

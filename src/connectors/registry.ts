@@ -21,10 +21,9 @@ export class Connectors {
     this.byProtocol = new Map(Object.entries(CONNECTORS).map(([p, make]) => [p, make(allowedRoots)]));
   }
 
-  for(info: { protocol?: string }): Connector {
-    const protocol = info.protocol ?? 'file';
-    const c = this.byProtocol.get(protocol);
-    if (!c) throw new InvalidInput(`no connector for protocol '${protocol}' on this node (known: ${[...this.byProtocol.keys()].join(', ')})`);
+  for(info: { protocol: string }): Connector {
+    const c = this.byProtocol.get(info.protocol);
+    if (!c) throw new InvalidInput(`no connector for protocol '${info.protocol}' on this node (known: ${[...this.byProtocol.keys()].join(', ')})`);
     return c;
   }
 
@@ -32,7 +31,7 @@ export class Connectors {
     return this.for(info).connectVolume(info);
   }
 
-  disconnectVolume(info: Pick<ConnectionInfo, 'path'> & { protocol?: string }): Promise<{ detached: string[] }> {
+  disconnectVolume(info: Pick<ConnectionInfo, 'path' | 'protocol'>): Promise<{ detached: string[] }> {
     return this.for(info).disconnectVolume(info);
   }
 

@@ -20,7 +20,7 @@ export interface StepFailure {
 const permanent = new Set(NON_RETRYABLE_ERROR_TYPES);
 
 /** Whether Temporal will try the activity again after this error (cancellation aside). */
-export function willRetry(e: unknown, ctx: Context): boolean {
+function willRetry(e: unknown, ctx: Context): boolean {
   if (ctx.cancellationSignal.aborted) return false;
   if (e instanceof ApplicationFailure) return !e.nonRetryable && !permanent.has(e.type ?? '');
   return !(e instanceof Error && permanent.has(e.name));

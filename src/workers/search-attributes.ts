@@ -25,7 +25,7 @@ export interface Target {
 }
 
 /** What an operator runs to register `names` by hand, one command per attribute. */
-export function registerCommands(names: string[], t: Target): string[] {
+function registerCommands(names: string[], t: Target): string[] {
   return names.map((n) => `temporal operator search-attribute create --address ${t.address} --namespace ${t.namespace} --name ${n} --type Keyword`);
 }
 

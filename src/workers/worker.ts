@@ -88,32 +88,26 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
     void settled.then(() => inFlight.delete(settled));
     return p;
   };
-  /** Only a workflow the server does not know, or reports closed, is certainly not running. */
-  const isRunning = async (workflowId: string): Promise<boolean> => {
-    try {
-      const d = await client.workflow.getHandle(workflowId).describe();
-      return d.status.name === 'RUNNING';
-    } catch (e) {
-      return (e as Error).name !== 'WorkflowNotFoundError';
-    }
-  };
   /**
-   * For the sweep of abandoned operations: a workflow closed only moments ago still counts,
-   * because the activities it left behind (a terminated workflow cancels none) go on until
-   * their next heartbeat is refused, and an upload that outlived the sweep would leave a
-   * journal or chunks nobody owns. A heartbeat timeout (plus slack) after the close, they
-   * have noticed.
+   * Whether a workflow (or what it left running) may still be at work, `graceMs` after it
+   * closed. Only a workflow the server does not know, or reports closed, is certainly not
+   * running; an unknown answer counts as running.
    */
-  const graceMs = config.timeouts.heartbeat * 1000 + 2000;
-  const mayStillWork = async (workflowId: string): Promise<boolean> => {
+  const busyWithin = (graceMs: number) => async (workflowId: string): Promise<boolean> => {
     try {
       const d = await client.workflow.getHandle(workflowId).describe();
       if (d.status.name === 'RUNNING') return true;
-      return d.closeTime !== undefined && Date.now() - d.closeTime.getTime() < graceMs;
+      return graceMs > 0 && d.closeTime !== undefined && Date.now() - d.closeTime.getTime() < graceMs;
     } catch (e) {
       return (e as Error).name !== 'WorkflowNotFoundError';
     }
   };
+  const isRunning = busyWithin(0);
+  // For the sweep of abandoned operations a workflow closed only moments ago still counts:
+  // the activities it left behind (a terminated workflow cancels none) go on until their
+  // next heartbeat is refused, and an upload that outlived the sweep would leave a journal
+  // or chunks nobody owns. A heartbeat timeout (plus slack) after the close, they have noticed.
+  const mayStillWork = busyWithin(config.timeouts.heartbeat * 1000 + 2000);
   let ledger: AttachmentLedger | undefined;
   let reconcileTimer: NodeJS.Timeout | undefined;
   let sweepTimer: NodeJS.Timeout | undefined;

@@ -17,15 +17,9 @@ export interface LoopFilesystem {
   cleanup(): Promise<void>;
 }
 
-export type BtrfsFilesystem = LoopFilesystem;
-
 /** mkfs refuses anything smaller than this. */
 const MIN_BYTES = { btrfs: 114 * 1024 * 1024, xfs: 300 * 1024 * 1024 } as const;
 const MKFS = { btrfs: ['mkfs.btrfs', '-q', '-f'], xfs: ['mkfs.xfs', '-q', '-f', '-m', 'reflink=1'] } as const;
-
-export function makeBtrfsFilesystem(dir: string, sizeBytes: number): Promise<LoopFilesystem> {
-  return makeLoopFilesystem(dir, sizeBytes, 'btrfs');
-}
 
 export async function makeLoopFilesystem(dir: string, sizeBytes: number, type: 'btrfs' | 'xfs'): Promise<LoopFilesystem> {
   if (sizeBytes < MIN_BYTES[type]) throw new Error(`a ${type} filesystem needs at least ${MIN_BYTES[type]} bytes, not ${sizeBytes}`);

@@ -82,7 +82,7 @@ export class CredentialSource {
   };
 
   /** The store refused the pair: the next request reads it again (by then the operator may have fixed it). */
-  refresh(): void {
+  invalidate(): void {
     this.stale = true;
   }
 }

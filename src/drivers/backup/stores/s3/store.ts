@@ -123,7 +123,7 @@ export class S3Store implements ObjectStore {
   classify(e: unknown, doing: string): unknown {
     const c = this.name(e, doing);
     // Refused credentials are read again for the next request: the operator may be fixing them.
-    if (c instanceof StoreAccessDenied && this.opts.credentials instanceof CredentialSource) this.opts.credentials.refresh();
+    if (c instanceof StoreAccessDenied && this.opts.credentials instanceof CredentialSource) this.opts.credentials.invalidate();
     return c;
   }
 
