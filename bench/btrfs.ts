@@ -127,7 +127,7 @@ targets:
     if (!rows.every((r) => r.ok)) process.exitCode = 1;
   } finally {
     await client?.close();
-    rt?.close();
+    await rt?.close();
     await workers?.shutdown();
     await server.stop();
     for (const d of await listLoopDevices()) if (d.backingFile.startsWith(fs.mountPoint)) await execa('losetup', ['-d', d.device], { reject: false });

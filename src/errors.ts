@@ -64,3 +64,5 @@ export class BackendFull extends PermanentError {}
 /** A failpoint fired with the non-retryable flavour (tests only). */
 export class InjectedFault extends PermanentError {}
 export class Cancelled extends GbackupError {}
+/** The catalog database cannot be reached or refuses us; retried, since a database restart heals it. */
+export class CatalogUnavailable extends GbackupError {}

@@ -59,7 +59,7 @@ describe('generic backup and restore between backends', () => {
     expect(b).toMatchObject({ volumeId: src.id, target: 'vault', status: 'available', size: 32 * MiB, method: 'generic' });
     // Three 4 MiB data extents; the holes were not copied.
     expect(b.storedBytes).toBe(12 * MiB);
-    expect(env.rt.catalog.volume(src.id).status).toBe('available');
+    expect((await env.rt.catalog.volume(src.id)).status).toBe('available');
     const backupFile = env.rt.driver('beta').initializeConnection({ pool: null, name: `backup-${b.id}` }).path;
     expect(await sha256File(backupFile)).toBe(srcSum);
     // The self-describing record beside the backup names the source.
@@ -75,7 +75,7 @@ describe('generic backup and restore between backends', () => {
     expect(onSilver).toMatchObject({ backend: 'alpha', pool: 'silver', status: 'available' });
     expect(await env.volumes.sha256(onSilver.id)).toBe(srcSum);
 
-    expect(env.rt.catalog.backup(b.id).status).toBe('available');
+    expect((await env.rt.catalog.backup(b.id)).status).toBe('available');
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });
 
@@ -98,7 +98,7 @@ describe('generic backup and restore between backends', () => {
     const b = await backup(src.id);
     const h = await env.client.startDelete({ backupId: b.id });
     await env.client.result(h);
-    expect(env.rt.catalog.findBackup(b.id)).toBeNull();
+    expect(await env.rt.catalog.findBackup(b.id)).toBeNull();
     expect((await env.rt.driver('beta').listVolumes()).map((l) => l.name)).not.toContain(`backup-${b.id}`);
     expect((await env.rt.driver('beta').listRecords(null)).map((l) => l.name)).not.toContain(`backup-${b.id}`);
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
@@ -118,13 +118,13 @@ describe('generic backup and restore between backends', () => {
     const sum = await env.volumes.sha256(src.id);
     const b = await backup(src.id);
     const { rebuildCatalog } = await import('../src/services/rebuild.js');
-    const known = env.rt.catalog.listBackups().length;
+    const known = (await env.rt.catalog.listBackups()).length;
     // Lose the backup's catalog entry, as with a lost catalog.
-    env.rt.catalog.deleteBackupRecord(b.id);
+    await env.rt.catalog.deleteBackupRecord(b.id);
     const report = await rebuildCatalog(env.rt);
     expect(report.imported).toEqual([b.id]);
     expect(report.alreadyKnown.length).toBe(known - 1);
-    expect(env.rt.catalog.backup(b.id)).toMatchObject({ status: 'available', volumeId: src.id, size: 8 * MiB, target: 'vault', storedBytes: 4 * MiB });
+    expect(await env.rt.catalog.backup(b.id)).toMatchObject({ status: 'available', volumeId: src.id, size: 8 * MiB, target: 'vault', storedBytes: 4 * MiB });
     const back = await restore({ backupId: b.id, backend: 'gamma' });
     expect(await env.volumes.sha256(back.id)).toBe(sum);
   });

@@ -48,7 +48,7 @@ const wid = () => `bad-${randomBytes(4).toString('hex')}`;
 describe('bad input through the workflows, as other services start them', () => {
   it('refuses unknown or malformed ids and names, and changes nothing', async () => {
     const vol = await volumeWithData(env, 'alpha', 'gold', 8, [0]);
-    const before = snapshotWorld();
+    const before = await snapshotWorld();
     const cases: [string, unknown, string, RegExp][] = [
       [WORKFLOWS.backupVolume, { volumeId: 'vol-nope' }, 'VolumeNotFound', /volume 'vol-nope' not found/],
       [WORKFLOWS.backupVolume, { volumeId: vol.id, target: 'nowhere' }, 'TargetNotFound', /target 'nowhere' not found/],
@@ -67,7 +67,7 @@ describe('bad input through the workflows, as other services start them', () => 
       expect(f.type, JSON.stringify(input)).toBe(errType);
       expect(f.message, JSON.stringify(input)).toMatch(msg);
     }
-    expect(snapshotWorld()).toEqual(before);
+    expect(await snapshotWorld()).toEqual(before);
   });
 
   it('refuses restores onto unknown backends and pools, smaller or busy volumes, and a backup-only place', async () => {
@@ -76,8 +76,8 @@ describe('bad input through the workflows, as other services start them', () => 
     const { backup } = await env.client.result<{ backup: { id: string } }>(h);
     const small = await env.volumes.create({ backend: 'gamma', size: 8 * MiB });
     const errored = await env.volumes.create({ backend: 'gamma', size: 32 * MiB });
-    env.rt.catalog.transitionVolume(errored.id, ['available'], 'error', { error: 'test: broken' });
-    const before = snapshotWorld();
+    await env.rt.catalog.transitionVolume(errored.id, ['available'], 'error', { error: 'test: broken' });
+    const before = await snapshotWorld();
     const cases: [unknown, string, RegExp][] = [
       [{ backupId: backup.id, backend: 'nowhere' }, 'BackendNotFound', /backend 'nowhere' not found/],
       [{ backupId: backup.id, backend: 'alpha', pool: 'bronze' }, 'PoolNotFound', /backend 'alpha' has no pool 'bronze'/],
@@ -91,18 +91,18 @@ describe('bad input through the workflows, as other services start them', () => 
       expect(f.type, JSON.stringify(input)).toBe(errType);
       expect(f.message).toMatch(msg);
     }
-    expect(snapshotWorld()).toEqual(before);
-    expect(env.rt.catalog.backup(backup.id).status).toBe('available');
+    expect(await snapshotWorld()).toEqual(before);
+    expect((await env.rt.catalog.backup(backup.id)).status).toBe('available');
   });
 
   it('refuses a backup of a volume in error, with its reason', async () => {
     const vol = await env.volumes.create({ backend: 'alpha', pool: 'gold', size: 8 * MiB });
-    env.rt.catalog.transitionVolume(vol.id, ['available'], 'error', { error: 'disk on fire' });
-    const before = snapshotWorld();
+    await env.rt.catalog.transitionVolume(vol.id, ['available'], 'error', { error: 'disk on fire' });
+    const before = await snapshotWorld();
     const f = await workflowFailure(WORKFLOWS.backupVolume, workflowIds.backup(vol.id), { volumeId: vol.id });
     expect(f).toMatchObject({ type: 'InvalidStatus' });
     expect(f.message).toMatch(/in 'error' \(disk on fire\)/);
-    expect(snapshotWorld()).toEqual(before);
+    expect(await snapshotWorld()).toEqual(before);
   });
 
   it('refuses a second concurrent backup of one volume, by workflow id, and deleting a backup while it restores', async () => {
@@ -115,7 +115,7 @@ describe('bad input through the workflows, as other services start them', () => 
       /volume '.*' already has a backup running .*one backup per volume at a time/,
     );
     await env.client.result(h);
-    expect(env.rt.catalog.listBackups(vol.id).map((b) => b.id)).toEqual([first]);
+    expect((await env.rt.catalog.listBackups(vol.id)).map((b) => b.id)).toEqual([first]);
 
     const rh = await env.client.startRestore({ backupId: first, backend: 'gamma', newVolumeId: `vol-${randomBytes(4).toString('hex')}` });
     await rh.executeUpdate('throttle', { args: [{ bps: 16 * MiB }] });
@@ -123,7 +123,7 @@ describe('bad input through the workflows, as other services start them', () => 
     expect(f).toMatchObject({ type: 'InvalidStatus' });
     expect(f.message).toMatch(/is being restored/);
     await env.client.result(rh);
-    expect(env.rt.catalog.backup(first).status).toBe('available');
+    expect((await env.rt.catalog.backup(first)).status).toBe('available');
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });
 });
@@ -136,13 +136,13 @@ describe('bad sizes and places through the volume API', () => {
     expect(() => checkSize('lots')).toThrow(/'lots' is not a size/);
     expect(() => checkSize('12Q')).toThrow(/unknown unit 'Q'/);
     expect(() => checkSize('1000K')).toThrow(/whole number of MiB/);
-    const before = snapshotWorld();
+    const before = await snapshotWorld();
     await expect(env.volumes.create({ backend: 'alpha', pool: 'gold', size: 1024 * 1024 * MiB * 1024 })).rejects.toThrow(/backend 'alpha' pool 'gold' has .* free; .* does not fit/);
     await expect(env.volumes.create({ backend: 'beta', size: MiB })).rejects.toThrow(/backend 'beta' holds backups only \(target 'vault'\)/);
     await expect(env.volumes.create({ backend: 'nowhere', size: MiB })).rejects.toThrow(/backend 'nowhere' not found/);
     await expect(env.volumes.create({ backend: 'alpha', pool: 'bronze', size: MiB })).rejects.toThrow(/no pool 'bronze'/);
     await expect(env.volumes.create({ backend: 'alpha', pool: 'gold', size: MiB, name: 'a/b' })).rejects.toThrow(/must not contain '\/'/);
-    expect(snapshotWorld()).toEqual(before);
+    expect(await snapshotWorld()).toEqual(before);
   });
 });
 
@@ -203,6 +203,6 @@ ${targets}
     const rt = await Runtime.open(config);
     expect(rt.volumePlace('alpha', undefined)).toBe('gold');
     expect(() => rt.volumePlace('alpha', 'silver')).toThrow(/holds backups only \(target 'side'\)/);
-    rt.close();
+    await rt.close();
   });
 });

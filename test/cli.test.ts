@@ -71,7 +71,7 @@ describe('gbackup CLI', () => {
   });
 
   it('exits 2 with a specific message for bad usage and bad input, changing nothing', async () => {
-    const before = env.rt.catalog.listVolumes().length;
+    const before = (await env.rt.catalog.listVolumes()).length;
     const cases: [string[], RegExp][] = [
       [['volume', 'create', '--backend', 'alpha', '--size', '0'], /size must be greater than zero/],
       [['volume', 'create', '--backend', 'alpha', '--size', 'huge'], /'huge' is not a size/],
@@ -95,7 +95,7 @@ describe('gbackup CLI', () => {
       expect(r.stderr, args.join(' ')).toMatch(msg);
       expect(r.json, args.join(' ')).toHaveProperty('error');
     }
-    expect(env.rt.catalog.listVolumes().length).toBe(before);
+    expect((await env.rt.catalog.listVolumes()).length).toBe(before);
   });
 
   it('exits 1 when the operation fails, and shows the capability table', async () => {
@@ -153,9 +153,9 @@ describe('gbackup CLI', () => {
     expect(th.json).toMatchObject({ id: backupId, bps: 4 * MiB });
     const cancel = await gb('backup', 'cancel', backupId, '--json');
     expect(cancel.code, cancel.stderr).toBe(0);
-    for (let i = 0; i < 100 && env.rt.catalog.backup(backupId).status === 'creating'; i++) await new Promise((r) => setTimeout(r, 200));
-    expect(env.rt.catalog.backup(backupId)).toMatchObject({ status: 'error', error: 'cancelled' });
-    expect(env.rt.catalog.volume(vol.id as string).status).toBe('in-use');
+    for (let i = 0; i < 100 && (await env.rt.catalog.backup(backupId)).status === 'creating'; i++) await new Promise((r) => setTimeout(r, 200));
+    expect(await env.rt.catalog.backup(backupId)).toMatchObject({ status: 'error', error: 'cancelled' });
+    expect((await env.rt.catalog.volume(vol.id as string)).status).toBe('in-use');
     expect((await gb('backup', 'cancel', backupId)).code).toBe(2);
 
     const fromSnap = await gb('backup', 'create', vol.id as string, '--snapshot', snap.json.id as string, '--wait', '--json');

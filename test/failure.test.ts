@@ -28,10 +28,10 @@ describe('failures during a backup', () => {
     const backupId = `bak-${randomBytes(4).toString('hex')}`;
     const h = await env.client.startBackup({ volumeId: vol.id, backupId }, { target: 'vault', backend: 'alpha' });
     await expect(env.client.result(h)).rejects.toThrow(/failpoint 'copy': injected error/);
-    const b = env.rt.catalog.backup(backupId);
+    const b = await env.rt.catalog.backup(backupId);
     expect(b.status).toBe('error');
     expect(b.error).toMatch(/InjectedFault: failpoint 'copy'/);
-    expect(env.rt.catalog.volume(vol.id).status).toBe('available');
+    expect((await env.rt.catalog.volume(vol.id)).status).toBe('available');
     expect(await env.rt.driver('beta').volumeSize({ pool: null, name: `backup-${backupId}` })).toBeNull();
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });
@@ -58,11 +58,11 @@ describe('failures during a backup', () => {
       await sleep(100);
     }
     await sleep(1500);
-    expect(env.rt.catalog.volume(vol.id).status).toBe('backing-up');
+    expect((await env.rt.catalog.volume(vol.id)).status).toBe('backing-up');
     await env.client.cancel(h.workflowId);
     await expect(env.client.result(h)).rejects.toThrow(/cancelled/);
-    expect(env.rt.catalog.backup(backupId)).toMatchObject({ status: 'error', error: 'cancelled' });
-    expect(env.rt.catalog.volume(vol.id).status).toBe('available');
+    expect(await env.rt.catalog.backup(backupId)).toMatchObject({ status: 'error', error: 'cancelled' });
+    expect((await env.rt.catalog.volume(vol.id)).status).toBe('available');
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });
 
@@ -73,13 +73,13 @@ describe('failures during a backup', () => {
     process.env.GBACKUP_FAILPOINTS = 'copy=error';
     const newVolumeId = `vol-${randomBytes(4).toString('hex')}`;
     await expect(env.client.result(await env.client.startRestore({ backupId: backup.id, backend: 'gamma', newVolumeId }))).rejects.toThrow(/injected error/);
-    expect(env.rt.catalog.findVolume(newVolumeId)).toBeNull();
+    expect(await env.rt.catalog.findVolume(newVolumeId)).toBeNull();
     expect(await env.rt.driver('gamma').volumeSize({ pool: null, name: newVolumeId })).toBeNull();
     const existing = await env.volumes.create({ backend: 'gamma', size: 16 * MiB });
     await expect(env.client.result(await env.client.startRestore({ backupId: backup.id, volumeId: existing.id }))).rejects.toThrow(/injected error/);
-    expect(env.rt.catalog.volume(existing.id)).toMatchObject({ status: 'error' });
-    expect(env.rt.catalog.volume(existing.id).error).toMatch(/restore from backup .* failed/);
-    expect(env.rt.catalog.backup(backup.id).status).toBe('available');
+    expect(await env.rt.catalog.volume(existing.id)).toMatchObject({ status: 'error' });
+    expect((await env.rt.catalog.volume(existing.id)).error).toMatch(/restore from backup .* failed/);
+    expect((await env.rt.catalog.backup(backup.id)).status).toBe('available');
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });
 });

@@ -60,7 +60,7 @@ describe('fault matrix', () => {
       it(`backup: ${step} x ${fault}`, async () => {
         const backupId = `bak-${randomBytes(4).toString('hex')}`;
         const r = await underFault<BackupResult>(env, worker, failpointsFile, step, fault, () => env.client.startBackup({ volumeId: source.id, backupId, force: true }, { target: 'vault', backend: 'alpha' }));
-        const b = env.rt.catalog.backup(backupId);
+        const b = await env.rt.catalog.backup(backupId);
         matrix.backup[`${step}/${fault}`] = describeOutcome(r, b.status, fault);
         if (fault === 'crash') expect(r.restarted).toBe(true);
         if (fault === 'transient' || fault === 'crash') expect(b.status, JSON.stringify(r)).toBe('available');
@@ -70,7 +70,7 @@ describe('fault matrix', () => {
         // Detach leftovers of a failed detach are released by the node's periodic reconcile.
         await waitFor('no leaks', async () => JSON.stringify(await findLeaks(env)) === JSON.stringify(NO_LEAKS), 30_000).catch(() => undefined);
         expect(await findLeaks(env)).toEqual(NO_LEAKS);
-        expect(env.rt.catalog.volume(source.id)).toMatchObject({ status: 'in-use', instance: 'vm-faults' });
+        expect(await env.rt.catalog.volume(source.id)).toMatchObject({ status: 'in-use', instance: 'vm-faults' });
         if (b.status === 'available') {
           worker.setFailpoints('');
           const rh = await env.client.startRestore({ backupId, backend: 'gamma', newVolumeId: `vol-${randomBytes(4).toString('hex')}` });
@@ -88,7 +88,7 @@ describe('fault matrix', () => {
       it(`restore: ${step} x ${fault}`, async () => {
         const newVolumeId = `vol-${randomBytes(4).toString('hex')}`;
         const r = await underFault<RestoreResult>(env, worker, failpointsFile, step, fault, () => env.client.startRestore({ backupId: fixtureBackup, backend: 'gamma', newVolumeId }));
-        const v = env.rt.catalog.findVolume(newVolumeId);
+        const v = await env.rt.catalog.findVolume(newVolumeId);
         matrix.restore[`${step}/${fault}`] = describeOutcome(r, v ? v.status : 'no volume', fault);
         if (fault === 'crash') expect(r.restarted).toBe(true);
         if (fault === 'transient' || fault === 'crash') expect(v?.status, JSON.stringify(r)).toBe('available');
@@ -100,7 +100,7 @@ describe('fault matrix', () => {
           // A failed restore onto a new volume leaves no volume at all.
           expect(v).toBeNull();
         }
-        expect(env.rt.catalog.backup(fixtureBackup).status).toBe('available');
+        expect((await env.rt.catalog.backup(fixtureBackup)).status).toBe('available');
         await waitFor('no leaks', async () => JSON.stringify(await findLeaks(env)) === JSON.stringify(NO_LEAKS), 30_000).catch(() => undefined);
         expect(await findLeaks(env)).toEqual(NO_LEAKS);
       });

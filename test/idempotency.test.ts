@@ -87,21 +87,21 @@ describe('every activity is idempotent', () => {
     expect(fin.second.status).toBe('available');
     await twice(wf, () => control.deleteSnapshot({ snapshotId: `backup-snap-${backupId}` }));
     await twice(wf, () => control.failBackup({ backupId, reason: 'late compensation must not undo an available backup' }));
-    expect(env.rt.catalog.backup(backupId).status).toBe('available');
+    expect((await env.rt.catalog.backup(backupId)).status).toBe('available');
 
     const rwf = `restore-backup-${backupId}`;
     const rplan = (await twice(rwf, () => control.beginRestore({ backupId, backend: 'gamma', newVolumeId: 'vol-idem' }))).first;
     await twice(rwf, () => control.createBackendVolume({ loc: rplan.dest, size: rplan.size }));
     await twice(rwf, () => control.finalizeRestore({ backupId, volumeId: 'vol-idem' }));
     await twice(rwf, () => control.failRestore({ backupId, volumeId: 'vol-idem', createdVolume: true, dataTouched: true, reason: 'late' }));
-    expect(env.rt.catalog.volume('vol-idem').status).toBe('available');
+    expect((await env.rt.catalog.volume('vol-idem')).status).toBe('available');
 
     const dwf = `delete-backup-${backupId}`;
     const del = await twice(dwf, () => control.beginDeleteBackup({ backupId }));
     await twice(dwf, () => control.deleteBackendVolume({ loc: del.first.location! }));
     await twice(dwf, () => control.finishDeleteBackup({ backupId }));
     await twice(dwf, () => control.failDeleteBackup({ backupId, reason: 'x' }));
-    expect(env.rt.catalog.findBackup(backupId)).toBeNull();
+    expect(await env.rt.catalog.findBackup(backupId)).toBeNull();
 
     await new Snapshots(env.rt).detach(vol.id);
     expect((await listLoopDevices()).filter((d) => d.backingFile.startsWith(env.dir))).toEqual([]);
@@ -134,7 +134,7 @@ describe('every activity is idempotent', () => {
     await twice(wf, () => node.detachVolume({ connection: src }));
     await twice(wf, () => control.finalizeBackup({ backupId, storedBytes: up.first.storedBytes, method: 'chunked', node: 'test', parentId: null }));
     await twice(wf, () => control.failBackup({ backupId, reason: 'late compensation must not undo an available backup' }));
-    expect(env.rt.catalog.backup(backupId)).toMatchObject({ status: 'available', method: 'chunked' });
+    expect(await env.rt.catalog.backup(backupId)).toMatchObject({ status: 'available', method: 'chunked' });
 
     const vwf = `verify-backup-${backupId}`;
     expect((await twice(vwf, () => control.beginVerify({ backupId }))).first).toEqual({ target: 'shelf' });
@@ -160,7 +160,7 @@ describe('every activity is idempotent', () => {
     expect(gone.first.chunksDeleted).toBe(2);
     expect(gone.second.chunksDeleted).toBe(0);
     await twice(dwf, () => control.finishDeleteBackup({ backupId }));
-    expect(env.rt.catalog.findBackup(backupId)).toBeNull();
+    expect(await env.rt.catalog.findBackup(backupId)).toBeNull();
     expect(await listAll((await env.rt.objectTarget('shelf')).store, '')).toEqual([]);
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });

@@ -103,25 +103,25 @@ describe.each([
     const snaps = new Snapshots(env.rt);
     const attached = await snaps.attach(vol.id, 'vm-1');
     expect(attached.device).toMatch(/^\/dev\/loop\d+$/);
-    expect(env.rt.catalog.volume(vol.id)).toMatchObject({ status: 'in-use', instance: 'vm-1' });
+    expect(await env.rt.catalog.volume(vol.id)).toMatchObject({ status: 'in-use', instance: 'vm-1' });
     const atSnapshot = await env.volumes.sha256(vol.id);
 
     const refused = await startBackup(vol.id);
     await expect(env.client.result(refused.handle)).rejects.toThrow(/is 'in-use' \(instance vm-1\); back it up with --force/);
-    expect(env.rt.catalog.findBackup(refused.backupId)).toBeNull();
+    expect(await env.rt.catalog.findBackup(refused.backupId)).toBeNull();
 
     const { backupId, handle } = await startBackup(vol.id, { force: true });
     await handle.executeUpdate('throttle', { args: [{ bps: 16 * MiB }] });
     await untilPhase(handle, 'copying');
-    expect(env.rt.catalog.volume(vol.id).status).toBe('in-use');
-    expect(env.rt.catalog.findSnapshot(`backup-snap-${backupId}`)).toMatchObject({ status: 'available', backupId });
+    expect((await env.rt.catalog.volume(vol.id)).status).toBe('in-use');
+    expect(await env.rt.catalog.findSnapshot(`backup-snap-${backupId}`)).toMatchObject({ status: 'available', backupId });
     const writer = startWriter(attached.device, vol.size);
     const { backup } = await env.client.result<BackupResult>(handle);
     const writes = await writer.stop();
     expect(writes).toBeGreaterThan(0);
     expect(backup.status).toBe('available');
-    expect(env.rt.catalog.volume(vol.id)).toMatchObject({ status: 'in-use', instance: 'vm-1' });
-    expect(env.rt.catalog.findSnapshot(`backup-snap-${backupId}`)).toBeNull();
+    expect(await env.rt.catalog.volume(vol.id)).toMatchObject({ status: 'in-use', instance: 'vm-1' });
+    expect(await env.rt.catalog.findSnapshot(`backup-snap-${backupId}`)).toBeNull();
     expect(await env.rt.driver(backend).volumeSize({ pool, name: `backup-snap-${backupId}` })).toBeNull();
     // The volume changed under the writer; the backup holds the snapshot moment.
     expect(await env.volumes.sha256(vol.id)).not.toBe(atSnapshot);
@@ -129,7 +129,7 @@ describe.each([
     expect(await env.volumes.sha256(restored.id)).toBe(atSnapshot);
 
     await snaps.detach(vol.id);
-    expect(env.rt.catalog.volume(vol.id).status).toBe('available');
+    expect((await env.rt.catalog.volume(vol.id)).status).toBe('available');
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });
 
@@ -141,8 +141,8 @@ describe.each([
     const failed = await startBackup(vol.id, { force: true });
     await expect(env.client.result(failed.handle)).rejects.toThrow(/injected error/);
     delete process.env.GBACKUP_FAILPOINTS;
-    expect(env.rt.catalog.findSnapshot(`backup-snap-${failed.backupId}`)).toBeNull();
-    expect(env.rt.catalog.backup(failed.backupId).status).toBe('error');
+    expect(await env.rt.catalog.findSnapshot(`backup-snap-${failed.backupId}`)).toBeNull();
+    expect((await env.rt.catalog.backup(failed.backupId)).status).toBe('error');
 
     const cancelled = await startBackup(vol.id, { force: true });
     await cancelled.handle.executeUpdate('throttle', { args: [{ bps: 4 * MiB }] });
@@ -150,9 +150,9 @@ describe.each([
     await sleep(500);
     await env.client.cancel(cancelled.handle.workflowId);
     await expect(env.client.result(cancelled.handle)).rejects.toThrow(/cancelled/);
-    expect(env.rt.catalog.backup(cancelled.backupId)).toMatchObject({ status: 'error', error: 'cancelled' });
-    expect(env.rt.catalog.findSnapshot(`backup-snap-${cancelled.backupId}`)).toBeNull();
-    expect(env.rt.catalog.volume(vol.id).status).toBe('in-use');
+    expect(await env.rt.catalog.backup(cancelled.backupId)).toMatchObject({ status: 'error', error: 'cancelled' });
+    expect(await env.rt.catalog.findSnapshot(`backup-snap-${cancelled.backupId}`)).toBeNull();
+    expect((await env.rt.catalog.volume(vol.id)).status).toBe('in-use');
     await snaps.detach(vol.id);
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });
@@ -180,7 +180,7 @@ describe('snapshot backups', () => {
     const restored = await restoreNew(backupId, 'alpha', 'silver');
     expect(await env.volumes.sha256(restored.id)).toBe(atSnapshot);
     await snaps.delete(snap.id);
-    expect(env.rt.catalog.findSnapshot(snap.id)).toBeNull();
+    expect(await env.rt.catalog.findSnapshot(snap.id)).toBeNull();
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });
 });

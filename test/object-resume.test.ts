@@ -66,7 +66,7 @@ describe('object copies across a worker crash', () => {
       return p.bytesDone >= 40 * MiB ? p.bytesDone : undefined;
     });
     // Mid-upload for sure: at 8 MiB/s the rest takes seconds.
-    expect(env.rt.catalog.backup(backupId).status).toBe('creating');
+    expect((await env.rt.catalog.backup(backupId)).status).toBe('creating');
     await worker.kill();
     await worker.start();
     const { backup } = await env.client.result<BackupResult>(h);
@@ -112,16 +112,16 @@ describe('object copies across a worker crash', () => {
     await waitFor('part of the upload', async () => ((await progress(h)).bytesDone >= 16 * MiB ? true : undefined));
     await env.client.cancel(h.workflowId);
     await expect(env.client.result(h)).rejects.toThrow(/cancelled/);
-    expect(env.rt.catalog.backup(backupId)).toMatchObject({ status: 'error', error: 'cancelled' });
-    expect(env.rt.catalog.volume(vol.id).status).toBe('available');
+    expect(await env.rt.catalog.backup(backupId)).toMatchObject({ status: 'error', error: 'cancelled' });
+    expect((await env.rt.catalog.volume(vol.id)).status).toBe('available');
 
     worker.setFailpoints('copy=error');
     const failedId = `bak-${randomBytes(4).toString('hex')}`;
     const f = await env.client.startBackup({ volumeId: vol.id, backupId: failedId, target: 'bucket' }, { target: 'bucket', backend: 'alpha' });
     await expect(env.client.result(f)).rejects.toThrow(/InjectedFault|injected/i);
     worker.setFailpoints('');
-    expect(env.rt.catalog.backup(failedId).status).toBe('error');
-    expect(env.rt.catalog.volume(vol.id).status).toBe('available');
+    expect((await env.rt.catalog.backup(failedId)).status).toBe('error');
+    expect((await env.rt.catalog.volume(vol.id)).status).toBe('available');
 
     // Only complete backups (the one of the first test) remain, and every chunk object is one of theirs.
     const keys: string[] = [];
@@ -142,11 +142,11 @@ describe('object copies across a worker crash', () => {
       await h.terminate('test: an operator terminates the workflow');
       terminated.push(backupId);
       const b = await waitFor(`the sweep to end backup ${backupId}`, async () => {
-        const r = env.rt.catalog.backup(backupId);
+        const r = await env.rt.catalog.backup(backupId);
         return r.status === 'error' ? r : undefined;
       });
       expect(b.error).toMatch(/abandoned: workflow backup-volume-.* ended without finishing/);
-      expect(env.rt.catalog.volume(vol.id).status).toBe('available');
+      expect((await env.rt.catalog.volume(vol.id)).status).toBe('available');
     }
 
     const good = `bak-${randomBytes(4).toString('hex')}`;
@@ -156,11 +156,11 @@ describe('object copies across a worker crash', () => {
     await waitFor('part of the restore', async () => ((await progress(r)).bytesDone >= 8 * MiB ? true : undefined));
     await r.terminate('test: an operator terminates the workflow');
     const v = await waitFor('the sweep to end the restore', async () => {
-      const x = env.rt.catalog.volume(newVolumeId);
+      const x = await env.rt.catalog.volume(newVolumeId);
       return x.status === 'error' ? x : undefined;
     });
     expect(v.error).toMatch(/restore workflow restore-backup-.* ended without finishing/);
-    await waitFor('the backup to be available again', async () => env.rt.catalog.backup(good).status === 'available');
+    await waitFor('the backup to be available again', async () => (await env.rt.catalog.backup(good)).status === 'available');
     await env.volumes.delete(newVolumeId);
 
     // The node's ledger reconcile detaches what the terminated workflows attached.

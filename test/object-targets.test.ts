@@ -126,7 +126,7 @@ async function failsWith(p: Promise<unknown>, type: string, message: RegExp): Pr
 
 /** Overwrites `len` random bytes at `at` MiB of a volume's image. */
 async function scribble(e: TestEnv, volumeId: string, atMiB: number, len: number): Promise<void> {
-  const v = e.rt.catalog.volume(volumeId);
+  const v = await e.rt.catalog.volume(volumeId);
   const fh = await open(e.rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }).path, 'r+');
   try {
     await fh.write(randomBytes(len), 0, len, atMiB * MiB);
@@ -228,15 +228,15 @@ describe('object targets through Temporal', () => {
     expect(err.message).toContain(victim.sha256.slice(0, 16));
     expect(err.message).toMatch(/1 bad chunk/);
     // Verify changes nothing.
-    expect(env.rt.catalog.backup(b.id).status).toBe('available');
+    expect((await env.rt.catalog.backup(b.id)).status).toBe('available');
 
     const newVolumeId = newId('vol');
     const h = await env.client.startRestore({ backupId: b.id, backend: 'gamma', newVolumeId });
     await failsWith(env.client.result(h), '(DecryptionFailed|ChunkCorrupt)', new RegExp(`offset ${victim.offset}\\b`));
-    const v = env.rt.catalog.volume(newVolumeId);
+    const v = await env.rt.catalog.volume(newVolumeId);
     expect(v.status).toBe('error');
     expect(v.error).toMatch(new RegExp(`offset ${victim.offset}\\b`));
-    expect(env.rt.catalog.backup(b.id).status).toBe('available');
+    expect((await env.rt.catalog.backup(b.id)).status).toBe('available');
     // Nothing attached or half-copied left behind; the volume in error is the operator's to inspect or delete.
     expect((await findLeaks(env)).loopDevices).toEqual([]);
     await env.volumes.delete(newVolumeId);
@@ -249,14 +249,14 @@ describe('object targets through Temporal', () => {
     await scribble(env, src.id, 1, 4096);
     const inc = await backup(env, src.id, 'bucket', true);
     await failsWith(env.client.result(await env.client.startDelete({ backupId: full.id })), 'BackupHasDependents', new RegExp(`'${inc.id}'`));
-    expect(env.rt.catalog.backup(full.id)).toMatchObject({ status: 'available', error: null });
+    expect(await env.rt.catalog.backup(full.id)).toMatchObject({ status: 'available', error: null });
     const t = await env.rt.objectTarget('bucket');
     expect(await t.store.exists(`backups/${full.id}/metadata.json`)).toBe(true);
 
     await env.client.result(await env.client.startDelete({ backupId: inc.id }));
     await env.client.result(await env.client.startDelete({ backupId: full.id }));
-    expect(env.rt.catalog.findBackup(full.id)).toBeNull();
-    expect(env.rt.catalog.findBackup(inc.id)).toBeNull();
+    expect(await env.rt.catalog.findBackup(full.id)).toBeNull();
+    expect(await env.rt.catalog.findBackup(inc.id)).toBeNull();
     expect(await t.store.exists(`backups/${full.id}/metadata.json`)).toBe(false);
     expect(await findStoreLeaks(t.store)).toEqual(NO_STORE_LEAKS);
   });
@@ -265,8 +265,8 @@ describe('object targets through Temporal', () => {
     const src = await volumeWithData(env, 'alpha', 'gold', 8, [0]);
     const h = await env.client.startBackup({ volumeId: src.id, backupId: newId('bak'), target: 'vault', incremental: true }, { target: 'vault', backend: 'alpha' });
     await failsWith(env.client.result(h), 'InvalidInput', /volume target.*--incremental/);
-    expect(env.rt.catalog.volume(src.id).status).toBe('available');
-    expect(env.rt.catalog.listBackups(src.id)).toEqual([]);
+    expect((await env.rt.catalog.volume(src.id)).status).toBe('available');
+    expect(await env.rt.catalog.listBackups(src.id)).toEqual([]);
   });
 });
 
@@ -296,12 +296,12 @@ describe('object backups between catalogs', () => {
       await importBackup(wrong.rt, 'bucket', recFull.record);
       const nv = newId('vol');
       await failsWith(wrong.client.result(await wrong.client.startRestore({ backupId: full.id, backend: 'gamma', newVolumeId: nv })), 'WrongKey', /fingerprint/);
-      expect(wrong.rt.catalog.findVolume(nv)).toBeNull();
-      expect(wrong.rt.catalog.backup(full.id).status).toBe('available');
+      expect(await wrong.rt.catalog.findVolume(nv)).toBeNull();
+      expect((await wrong.rt.catalog.backup(full.id)).status).toBe('available');
 
       await importBackup(none.rt, 'bucket', recFull.record);
       await failsWith(none.client.result(await none.client.startRestore({ backupId: full.id, backend: 'gamma', newVolumeId: nv })), 'MissingKey', /encrypted.*no encryption key/);
-      expect(none.rt.catalog.findVolume(nv)).toBeNull();
+      expect(await none.rt.catalog.findVolume(nv)).toBeNull();
       expect(await findLeaks(other)).toEqual(NO_LEAKS);
     } finally {
       await other.cleanup();
@@ -321,7 +321,7 @@ describe('object backups between catalogs', () => {
       const { rebuildCatalog } = await import('../src/services/rebuild.js');
       const r = await rebuildCatalog(fresh.rt);
       expect(r.imported).toEqual(expect.arrayContaining([full.id, inc.id]));
-      expect(fresh.rt.catalog.backup(inc.id)).toMatchObject({ parentId: full.id, status: 'available', target: 'shelf', method: 'chunked' });
+      expect(await fresh.rt.catalog.backup(inc.id)).toMatchObject({ parentId: full.id, status: 'available', target: 'shelf', method: 'chunked' });
       const again = await rebuildCatalog(fresh.rt);
       expect(again.imported).toEqual([]);
       expect(again.alreadyKnown).toEqual(expect.arrayContaining([full.id, inc.id]));

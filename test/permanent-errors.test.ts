@@ -138,8 +138,8 @@ async function fails(fault: string, args: string[], message: RegExp) {
 
 /** The volume is back in its status, no backup of it is stuck, nothing is attached or left over. */
 async function nothingLeft(volumeId: string, target: string) {
-  expect(env.rt.catalog.volume(volumeId).status).toBe('available');
-  const stuck = env.rt.catalog.listBackups(volumeId).filter((b) => b.status === 'creating' || b.target === target && b.status === 'available');
+  expect((await env.rt.catalog.volume(volumeId)).status).toBe('available');
+  const stuck = (await env.rt.catalog.listBackups(volumeId)).filter((b) => b.status === 'creating' || b.target === target && b.status === 'available');
   expect(stuck).toEqual([]);
   expect(await findLeaks(env)).toEqual(NO_LEAKS);
 }
@@ -230,7 +230,7 @@ describe('permanent failures fail fast and clearly, and leave nothing behind', (
     const v = await volumeWithData(env, 'alpha', undefined, 32, [0, 8, 16, 24]);
     await fails('posix full mid-backup (ENOSPC)', ['backup', 'create', v.id, '--target', 'full', '--wait'], /target 'full': cannot write object .* no space left \(ENOSPC\)/);
     await nothingLeft(v.id, 'full');
-    const failed = env.rt.catalog.listBackups(v.id).filter((b) => b.target === 'full');
+    const failed = (await env.rt.catalog.listBackups(v.id)).filter((b) => b.target === 'full');
     expect(failed).toHaveLength(1);
     expect(failed[0]).toMatchObject({ status: 'error' });
     expect(failed[0]!.error).toMatch(/StoreFull: .*ENOSPC/);
@@ -247,7 +247,7 @@ describe('permanent failures fail fast and clearly, and leave nothing behind', (
       fails('volume backend full mid-copy (ENOSPC)', ['backup', 'create', v.id, '--target', 'vault', '--wait'], /backend 'tiny' is full: writing .* failed with ENOSPC/),
     );
     await nothingLeft(v.id, 'vault');
-    const failed = env.rt.catalog.listBackups(v.id).filter((b) => b.target === 'vault');
+    const failed = (await env.rt.catalog.listBackups(v.id)).filter((b) => b.target === 'vault');
     expect(failed.map((b) => b.status)).toEqual(['error']);
     expect(failed[0]!.error).toMatch(/BackendFull/);
     // The half-made backup volume is gone, only the filler is left on the backend.
@@ -266,8 +266,8 @@ describe('permanent failures fail fast and clearly, and leave nothing behind', (
     await fillDuringCopy(filler, 20, () =>
       fails('volume backend full mid-restore (EIO, 0 bytes free)', ['backup', 'restore', b.id as string, '--backend', 'small', '--wait'], /backend 'small' is full: writing .* failed with EIO/),
     );
-    expect(env.rt.catalog.backup(b.id as string).status).toBe('available');
-    expect(env.rt.catalog.listVolumes().filter((x) => x.backend === 'small')).toEqual([]);
+    expect((await env.rt.catalog.backup(b.id as string)).status).toBe('available');
+    expect((await env.rt.catalog.listVolumes()).filter((x) => x.backend === 'small')).toEqual([]);
     expect((await execa('ls', [join(env.dir, 'small')])).stdout.trim()).toBe('filler');
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
     await execa('rm', [filler]);

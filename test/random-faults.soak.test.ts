@@ -62,12 +62,12 @@ describe('soak', () => {
         const r = await underFault<BackupResult>(env, worker, failpoints, fault === 'none' ? 'none' : step, fault === 'none' ? 'transient' : fault, () =>
           env.client.startBackup({ volumeId: vol.id, backupId, force: true }, { target: 'vault', backend: 'alpha' }),
         );
-        const b = env.rt.catalog.backup(backupId);
+        const b = await env.rt.catalog.backup(backupId);
         bump(`backup ${b.status}`);
         if (r.restarted) bump('worker restarts');
         if (b.status === 'available') backups.push({ id: backupId, volumeId: vol.id });
         else expect(b.error).toBeTruthy();
-        expect(env.rt.catalog.volume(vol.id).status).toBe(vol.id === inUse.id ? 'in-use' : 'available');
+        expect((await env.rt.catalog.volume(vol.id)).status).toBe(vol.id === inUse.id ? 'in-use' : 'available');
       } else {
         const b = backups[rand(backups.length)]!;
         const step = RESTORE_STEPS[rand(RESTORE_STEPS.length)]!;
@@ -75,7 +75,7 @@ describe('soak', () => {
         const r = await underFault<RestoreResult>(env, worker, failpoints, fault === 'none' ? 'none' : step, fault === 'none' ? 'transient' : fault, () =>
           env.client.startRestore({ backupId: b.id, backend: 'gamma', newVolumeId }),
         );
-        const v = env.rt.catalog.findVolume(newVolumeId);
+        const v = await env.rt.catalog.findVolume(newVolumeId);
         bump(`restore ${v ? v.status : 'undone'}`);
         if (r.restarted) bump('worker restarts');
         if (v) {

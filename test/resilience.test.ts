@@ -112,7 +112,7 @@ describe('crashes', () => {
     const backupFile = env.rt.driver('beta').initializeConnection({ pool: null, name: `backup-${backupId}` }).path;
     const { sha256File } = await import('../src/copy/checksum.js');
     expect(await sha256File(backupFile)).toBe(sum);
-    expect(env.rt.catalog.volume(vol.id).status).toBe('available');
+    expect((await env.rt.catalog.volume(vol.id)).status).toBe('available');
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });
 });
@@ -187,8 +187,8 @@ describe('nodes', () => {
     const backupId = `bak-${randomBytes(4).toString('hex')}`;
     const h = await env.client.startBackup({ volumeId: vol.id, backupId }, { target: 'vault', backend: 'alpha' });
     await expect(env.client.result(h)).rejects.toThrow(/no node reaches both 'alpha' and 'beta'/);
-    expect(env.rt.catalog.findBackup(backupId)).toBeNull();
-    expect(env.rt.catalog.volume(vol.id).status).toBe('available');
+    expect(await env.rt.catalog.findBackup(backupId)).toBeNull();
+    expect((await env.rt.catalog.volume(vol.id)).status).toBe('available');
     expect((await env.rt.driver('beta').listVolumes()).length).toBe(0);
   });
 

@@ -55,8 +55,8 @@ describe('search attributes on a namespace without them', () => {
     for (const n of SEARCH_ATTRIBUTE_NAMES) expect(r.stderr).toContain(command(n));
     expect(seconds).toBeLessThan(30);
     // Nothing was claimed: the volume is as it was, no backup exists.
-    expect(env.rt.catalog.volume(v.id).status).toBe('available');
-    expect(env.rt.catalog.listBackups(v.id)).toEqual([]);
+    expect((await env.rt.catalog.volume(v.id)).status).toBe('available');
+    expect(await env.rt.catalog.listBackups(v.id)).toEqual([]);
   });
 
   it('a worker that may not register them refuses to start, naming them; the printed command works as printed', async () => {

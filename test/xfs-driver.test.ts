@@ -101,7 +101,7 @@ describe('xfs driver', () => {
     await new Snapshots(env.rt).attach(v.id, 'vm-xfs');
     const viaSnap = await backup(v.id, 'vault', true);
     expect(viaSnap).toMatchObject({ status: 'available', method: 'generic' });
-    expect(env.rt.catalog.listSnapshots()).toEqual([]);
+    expect(await env.rt.catalog.listSnapshots()).toEqual([]);
     await new Snapshots(env.rt).detach(v.id);
     // Generic dd from other storage onto xfs, and back.
     const onXfs = await restoreNew(viaSnap.id, 'xa', 'gold');

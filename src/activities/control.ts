@@ -66,21 +66,21 @@ export function createControlActivities(rt: ControlDeps) {
       const wf = workflowId();
       const c = cat();
       const target = rt.target(input.target);
-      const existing = c.findBackup(input.backupId);
-      const volume = c.volume(input.volumeId);
+      const existing = await c.findBackup(input.backupId);
+      const volume = await c.volume(input.volumeId);
       const kind = targetKind(rt, target.name);
       checkIncrementalTarget(target, input.incremental === true);
       const { dest, objectTarget } = kind.place(target, input.backupId);
-      const snapshot = input.snapshotId !== undefined ? c.snapshot(input.snapshotId) : null;
+      const snapshot = input.snapshotId !== undefined ? await c.snapshot(input.snapshotId) : null;
       // An in-use volume is read through a temporary snapshot named after the backup (the spec).
       const inUse = snapshot === null && (existing ? existing.sourcePreviousStatus === 'in-use' : volume.status === 'in-use');
       const tempSnapshot: Loc | null = inUse ? { backend: volume.backend, pool: volume.pool, name: tempSnapshotName(input.backupId) } : null;
       const source: Loc = snapshot
         ? { backend: snapshot.backend, pool: snapshot.pool, name: snapshot.id }
         : (tempSnapshot ?? { backend: volume.backend, pool: volume.pool, name: volume.id });
-      const plan = (size: number): BackupPlan => ({
+      const plan = async (size: number): Promise<BackupPlan> => ({
         backupId: input.backupId,
-        volume: c.volume(input.volumeId),
+        volume: await c.volume(input.volumeId),
         target: target.name,
         source,
         dest,
@@ -91,17 +91,17 @@ export function createControlActivities(rt: ControlDeps) {
       });
       if (existing) {
         // A retry of this very step after it committed: same plan again.
-        if (existing.workflowId === wf && existing.status === 'creating') return plan(existing.size);
+        if (existing.workflowId === wf && existing.status === 'creating') return await plan(existing.size);
         throw new InvalidInput(`backup id '${input.backupId}' is already used`);
       }
       checkBackupSource(volume, snapshot, input.force === true);
       await checkReachable(source, dest);
       await kind.checkUsable(rt, target, volume);
-      c.tx(() => {
+      await c.tx(async () => {
         // An available volume is claimed as backing-up; an in-use one stays in-use (its
         // instance keeps writing; we read the snapshot), and so does a snapshot's volume.
-        if (!snapshot && volume.status === 'available') c.transitionVolume(volume.id, ['available'], 'backing-up', { rememberPrevious: true, owner: wf });
-        c.insertBackup({
+        if (!snapshot && volume.status === 'available') await c.transitionVolume(volume.id, ['available'], 'backing-up', { rememberPrevious: true, owner: wf });
+        await c.insertBackup({
           id: input.backupId,
           name: input.name ?? input.backupId,
           volumeId: volume.id,
@@ -115,28 +115,28 @@ export function createControlActivities(rt: ControlDeps) {
         });
       });
       await failpoint('backup.begin');
-      return plan(volume.size);
+      return await plan(volume.size);
     },
 
     /** The temporary snapshot of an in-use volume; idempotent (an earlier attempt's snapshot is reused). */
     async createTempSnapshot(input: { backupId: string; volumeId: string }): Promise<void> {
       await failpoint('snapshot');
       const c = cat();
-      const v = c.volume(input.volumeId);
+      const v = await c.volume(input.volumeId);
       const id = tempSnapshotName(input.backupId);
-      if (!c.findSnapshot(id)) c.insertSnapshot({ id, name: id, volumeId: v.id, backend: v.backend, pool: v.pool, size: v.size, status: 'creating', backupId: input.backupId });
+      if (!await c.findSnapshot(id)) await c.insertSnapshot({ id, name: id, volumeId: v.id, backend: v.backend, pool: v.pool, size: v.size, status: 'creating', backupId: input.backupId });
       await rt.driver(v.backend).createSnapshot({ pool: v.pool, name: v.id }, { pool: v.pool, name: id });
-      c.setSnapshotStatus(id, 'available');
+      await c.setSnapshotStatus(id, 'available');
     },
 
     /** Removes a snapshot from storage and catalog; one already gone is success. */
     async deleteSnapshot(input: { snapshotId: string }): Promise<void> {
       await failpoint('cleanup');
       const c = cat();
-      const s = c.findSnapshot(input.snapshotId);
+      const s = await c.findSnapshot(input.snapshotId);
       if (!s) return;
       await rt.driver(s.backend).deleteVolume({ pool: s.pool, name: s.id });
-      c.deleteSnapshotRecord(s.id);
+      await c.deleteSnapshotRecord(s.id);
     },
 
     /** Nodes that reach every backend in `backends`; the one to use is picked by `key`. */
@@ -192,34 +192,34 @@ export function createControlActivities(rt: ControlDeps) {
 
     async finalizeBackup(input: { backupId: string; storedBytes: number; method: string; node: string | null; parentId?: string | null }): Promise<ReturnType<typeof backupView>> {
       const c = cat();
-      const b = c.backup(input.backupId);
+      const b = await c.backup(input.backupId);
       if (b.status === 'available') return backupView(b);
       await failpoint('finalize');
-      await backupKind(rt, b).record(rt, b, c.volume(b.volumeId), input);
-      c.tx(() => {
-        c.transitionBackup(b.id, ['creating'], 'available', {
+      await backupKind(rt, b).record(rt, b, await c.volume(b.volumeId), input);
+      await c.tx(async () => {
+        await c.transitionBackup(b.id, ['creating'], 'available', {
           storedBytes: input.storedBytes,
           method: input.method,
           node: input.node ?? undefined,
           ...(input.parentId ? { parentId: input.parentId } : {}),
         });
-        const v = c.volume(b.volumeId);
-        if (v.status === 'backing-up') c.transitionVolume(v.id, ['backing-up'], b.sourcePreviousStatus ?? 'available');
+        const v = await c.volume(b.volumeId);
+        if (v.status === 'backing-up') await c.transitionVolume(v.id, ['backing-up'], b.sourcePreviousStatus ?? 'available');
       });
-      return backupView(c.backup(b.id));
+      return backupView(await c.backup(b.id));
     },
 
     /** Compensation of beginBackup: backup `error` with the reason, source back to its previous status. */
     async failBackup(input: { backupId: string; reason: string }): Promise<void> {
       const c = cat();
-      const b = c.findBackup(input.backupId);
+      const b = await c.findBackup(input.backupId);
       // Only this workflow's own backup: a refused duplicate id must not fail someone else's.
       if (!b || b.workflowId !== workflowId()) return;
-      c.tx(() => {
-        if (b.status === 'creating') c.transitionBackup(b.id, ['creating'], 'error', { error: input.reason });
-        const v = c.findVolume(b.volumeId);
-        if (v && v.status === 'backing-up' && c.volumeOwner(v.id) === b.workflowId) {
-          c.transitionVolume(v.id, ['backing-up'], b.sourcePreviousStatus ?? 'available');
+      await c.tx(async () => {
+        if (b.status === 'creating') await c.transitionBackup(b.id, ['creating'], 'error', { error: input.reason });
+        const v = await c.findVolume(b.volumeId);
+        if (v && v.status === 'backing-up' && await c.volumeOwner(v.id) === b.workflowId) {
+          await c.transitionVolume(v.id, ['backing-up'], b.sourcePreviousStatus ?? 'available');
         }
       });
     },
@@ -227,31 +227,31 @@ export function createControlActivities(rt: ControlDeps) {
     async beginRestore(input: { backupId: string; volumeId?: string; backend?: string; pool?: string; newVolumeId: string; name?: string }): Promise<RestorePlan> {
       const wf = workflowId();
       const c = cat();
-      const backup = c.backup(input.backupId);
+      const backup = await c.backup(input.backupId);
       const kind = backupKind(rt, backup);
       const { source, objectTarget } = kind.locate(backup);
       if (source === null && objectTarget === null) throw new InvalidInput(`backup '${backup.id}' has no stored location`);
       const object = objectTarget !== null ? { objectTarget } : {};
       if (input.volumeId !== undefined) {
-        const v = c.volume(input.volumeId);
+        const v = await c.volume(input.volumeId);
         const dest: Loc = { backend: v.backend, pool: v.pool, name: v.id };
         const plan: RestorePlan = { backupId: backup.id, volumeId: v.id, createdVolume: false, source, ...object, dest, size: backup.size, timeouts };
-        if (v.status === 'restoring-backup' && c.volumeOwner(v.id) === wf) return plan;
+        if (v.status === 'restoring-backup' && await c.volumeOwner(v.id) === wf) return plan;
         checkRestorable(backup);
         checkRestoreOnto(v, backup);
         await checkReachable(source, dest);
         // The chain and the key, before any volume changes.
         await kind.checkReadable(rt, backup);
-        c.tx(() => {
-          c.transitionBackup(backup.id, ['available'], 'restoring');
-          c.transitionVolume(v.id, ['available'], 'restoring-backup', { rememberPrevious: true, owner: wf });
+        await c.tx(async () => {
+          await c.transitionBackup(backup.id, ['available'], 'restoring');
+          await c.transitionVolume(v.id, ['available'], 'restoring-backup', { rememberPrevious: true, owner: wf });
         });
         return plan;
       }
       const backend = input.backend!;
-      const existing = c.findVolume(input.newVolumeId);
+      const existing = await c.findVolume(input.newVolumeId);
       if (existing) {
-        if (existing.status === 'restoring-backup' && c.volumeOwner(existing.id) === wf) {
+        if (existing.status === 'restoring-backup' && await c.volumeOwner(existing.id) === wf) {
           return {
             backupId: backup.id,
             volumeId: existing.id,
@@ -273,9 +273,9 @@ export function createControlActivities(rt: ControlDeps) {
       const driver = rt.driver(backend);
       const { freeBytes } = await driver.stats(pool);
       if (backup.size > freeBytes) throw new InsufficientSpace(`backend '${backend}'${pool ? ` pool '${pool}'` : ''} has ${formatBytes(freeBytes)} free; backup '${backup.id}' needs ${formatBytes(backup.size)}`);
-      c.tx(() => {
-        c.transitionBackup(backup.id, ['available'], 'restoring');
-        c.insertVolume({ id: input.newVolumeId, name: input.name ?? input.newVolumeId, backend, pool, size: backup.size, status: 'restoring-backup', owner: wf });
+      await c.tx(async () => {
+        await c.transitionBackup(backup.id, ['available'], 'restoring');
+        await c.insertVolume({ id: input.newVolumeId, name: input.name ?? input.newVolumeId, backend, pool, size: backup.size, status: 'restoring-backup', owner: wf });
       });
       return { backupId: backup.id, volumeId: input.newVolumeId, createdVolume: true, source, ...object, dest: { backend, pool, name: input.newVolumeId }, size: backup.size, timeouts };
     },
@@ -283,13 +283,13 @@ export function createControlActivities(rt: ControlDeps) {
     async finalizeRestore(input: { backupId: string; volumeId: string }): Promise<VolumeView> {
       const c = cat();
       await failpoint('finalize');
-      c.tx(() => {
-        const v = c.volume(input.volumeId);
-        if (v.status === 'restoring-backup') c.transitionVolume(v.id, ['restoring-backup'], 'available');
-        const b = c.backup(input.backupId);
-        if (b.status === 'restoring') c.transitionBackup(b.id, ['restoring'], 'available');
+      await c.tx(async () => {
+        const v = await c.volume(input.volumeId);
+        if (v.status === 'restoring-backup') await c.transitionVolume(v.id, ['restoring-backup'], 'available');
+        const b = await c.backup(input.backupId);
+        if (b.status === 'restoring') await c.transitionBackup(b.id, ['restoring'], 'available');
       });
-      return c.volume(input.volumeId);
+      return await c.volume(input.volumeId);
     },
 
     /**
@@ -301,43 +301,43 @@ export function createControlActivities(rt: ControlDeps) {
     async failRestore(input: { backupId: string; volumeId: string; createdVolume: boolean; dataTouched: boolean; reason: string; keepVolume?: boolean }): Promise<void> {
       const wf = workflowId();
       const c = cat();
-      c.tx(() => {
-        const b = c.findBackup(input.backupId);
-        if (b && b.status === 'restoring') c.transitionBackup(b.id, ['restoring'], 'available');
-        const v = c.findVolume(input.volumeId);
-        if (!v || v.status !== 'restoring-backup' || c.volumeOwner(v.id) !== wf) return;
+      await c.tx(async () => {
+        const b = await c.findBackup(input.backupId);
+        if (b && b.status === 'restoring') await c.transitionBackup(b.id, ['restoring'], 'available');
+        const v = await c.findVolume(input.volumeId);
+        if (!v || v.status !== 'restoring-backup' || await c.volumeOwner(v.id) !== wf) return;
         // keepVolume: the backup itself is damaged; the volume stays, in error, for the operator to see (Cinder's error_restoring).
-        if (input.createdVolume && input.keepVolume !== true) c.deleteVolumeRecord(v.id);
-        else if (input.dataTouched || input.keepVolume === true) c.transitionVolume(v.id, ['restoring-backup'], 'error', { error: `restore from backup '${input.backupId}' failed: ${input.reason}` });
-        else c.transitionVolume(v.id, ['restoring-backup'], c.volumePreviousStatus(v.id) ?? 'available');
+        if (input.createdVolume && input.keepVolume !== true) await c.deleteVolumeRecord(v.id);
+        else if (input.dataTouched || input.keepVolume === true) await c.transitionVolume(v.id, ['restoring-backup'], 'error', { error: `restore from backup '${input.backupId}' failed: ${input.reason}` });
+        else await c.transitionVolume(v.id, ['restoring-backup'], await c.volumePreviousStatus(v.id) ?? 'available');
       });
     },
 
     async beginDeleteBackup(input: { backupId: string }): Promise<{ location: Loc | null; objectTarget?: string }> {
       const c = cat();
-      const b = c.backup(input.backupId);
+      const b = await c.backup(input.backupId);
       const kind = backupKind(rt, b);
       const { objectTarget } = kind.locate(b);
       const object = objectTarget !== null ? { objectTarget } : {};
       if (b.status === 'deleting') return { location: b.location, ...object };
-      checkDeletable(b, c.dependentsOf(b.id));
-      const blocker = kind.deleteBlocker(rt, b);
+      checkDeletable(b, await c.dependentsOf(b.id));
+      const blocker = await kind.deleteBlocker(rt, b);
       if (blocker !== null) throw new InvalidStatus(blocker);
-      c.transitionBackup(b.id, ['available', 'error'], 'deleting');
+      await c.transitionBackup(b.id, ['available', 'error'], 'deleting');
       return { location: b.location, ...object };
     },
 
     async finishDeleteBackup(input: { backupId: string }): Promise<void> {
-      cat().deleteBackupRecord(input.backupId);
+      await cat().deleteBackupRecord(input.backupId);
     },
 
     /** `refused`: the store turned the delete down before removing anything (dependents): the backup stays as it was. */
     async failDeleteBackup(input: { backupId: string; reason: string; refused?: boolean }): Promise<void> {
       const c = cat();
-      const b = c.findBackup(input.backupId);
+      const b = await c.findBackup(input.backupId);
       if (b && b.status === 'deleting') {
-        if (input.refused === true) c.transitionBackup(b.id, ['deleting'], 'available');
-        else c.transitionBackup(b.id, ['deleting'], 'error', { error: `delete failed: ${input.reason}` });
+        if (input.refused === true) await c.transitionBackup(b.id, ['deleting'], 'available');
+        else await c.transitionBackup(b.id, ['deleting'], 'error', { error: `delete failed: ${input.reason}` });
       }
     },
 

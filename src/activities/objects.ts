@@ -24,7 +24,7 @@ export function createObjectActivities(rt: Pick<Runtime, 'catalog' | 'driver' | 
 
     /** Which target holds the backup, refusing backups verify cannot read. */
     async beginVerify(input: { backupId: string }): Promise<{ target: string }> {
-      const b = rt.catalog.backup(input.backupId);
+      const b = await rt.catalog.backup(input.backupId);
       if (!rt.isObjectTarget(b.target)) {
         throw new InvalidInput(`backup '${b.id}' is on volume target '${b.target}'; verify reads the chunk hashes of posix and s3 targets`);
       }

@@ -94,7 +94,7 @@ async function withRuntime<T>(config: LoadedConfig, fn: (rt: Runtime) => Promise
   try {
     return await fn(rt);
   } finally {
-    rt.close();
+    await rt.close();
   }
 }
 
@@ -134,12 +134,12 @@ async function volumeCommand(sub: string | undefined, argv: string[], out: Out):
     }
     case 'list': {
       const { values } = parse(argv, {}, { min: 0, max: 0, names: '' });
-      const vols = await withRuntime(loadConfig(str(values.config)), async (rt) => rt.catalog.listVolumes());
+      const vols = await withRuntime(loadConfig(str(values.config)), async (rt) => await rt.catalog.listVolumes());
       return out.result(vols, () => table(vols as unknown as Record<string, unknown>[], VOLUME_COLUMNS));
     }
     case 'show': {
       const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'volume ID' });
-      const v = await withRuntime(loadConfig(str(values.config)), async (rt) => rt.catalog.volume(checkName(pos[0]!, 'volume id', 'id')));
+      const v = await withRuntime(loadConfig(str(values.config)), async (rt) => await rt.catalog.volume(checkName(pos[0]!, 'volume id', 'id')));
       return out.result(v, () => record({ ...v }));
     }
     case 'delete': {
@@ -180,8 +180,8 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
       const { target, volume } = await withRuntime(config, async (rt) => {
         const t = rt.target(str(values.target));
         checkIncrementalTarget(t, incremental);
-        const v = rt.catalog.volume(volumeId);
-        checkBackupSource(v, snapshotId !== undefined ? rt.catalog.snapshot(snapshotId) : null, force);
+        const v = await rt.catalog.volume(volumeId);
+        checkBackupSource(v, snapshotId !== undefined ? await rt.catalog.snapshot(snapshotId) : null, force);
         return { target: t, volume: v };
       });
       const backupId = `bak-${randomBytes(6).toString('hex')}`;
@@ -198,12 +198,12 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
     }
     case 'list': {
       const { values } = parse(argv, { volume: { type: 'string' } }, { min: 0, max: 0, names: '' });
-      const list = await withRuntime(loadConfig(str(values.config)), async (rt) => rt.catalog.listBackups(str(values.volume)).map(backupView));
+      const list = await withRuntime(loadConfig(str(values.config)), async (rt) => (await rt.catalog.listBackups(str(values.volume))).map(backupView));
       return out.result(list, () => table(list as unknown as Record<string, unknown>[], BACKUP_COLUMNS));
     }
     case 'show': {
       const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'backup ID' });
-      const b = await withRuntime(loadConfig(str(values.config)), async (rt) => backupView(rt.catalog.backup(checkName(pos[0]!, 'backup id', 'id'))));
+      const b = await withRuntime(loadConfig(str(values.config)), async (rt) => backupView(await rt.catalog.backup(checkName(pos[0]!, 'backup id', 'id'))));
       return out.result(b, () => record({ ...b }));
     }
     case 'delete': {
@@ -211,8 +211,8 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
       const config = loadConfig(str(values.config));
       const id = checkName(pos[0]!, 'backup id', 'id');
       await withRuntime(config, async (rt) => {
-        const b = rt.catalog.backup(id);
-        checkDeletable(b, rt.catalog.dependentsOf(id));
+        const b = await rt.catalog.backup(id);
+        checkDeletable(b, await rt.catalog.dependentsOf(id));
       });
       return withClient(config, async (c) => {
         const handle = await c.startDelete({ backupId: id });
@@ -227,7 +227,7 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
       const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'backup ID' });
       const config = loadConfig(str(values.config));
       const id = checkName(pos[0]!, 'backup id', 'id');
-      const b = await withRuntime(config, async (rt) => rt.catalog.backup(id));
+      const b = await withRuntime(config, async (rt) => await rt.catalog.backup(id));
       if (b.status !== 'creating' || !b.workflowId) throw new InvalidStatus(`backup '${id}' is '${b.status}'; only a backup being created can be cancelled`);
       await withClient(config, (c) => c.cancel(b.workflowId!));
       return out.result({ id, cancelled: true, workflowId: b.workflowId }, () => `cancel requested for backup ${id}`);
@@ -243,7 +243,7 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
         if ('error' in r) throw new InvalidInput(r.error);
         bps = r.bytes;
       }
-      const b = await withRuntime(config, async (rt) => rt.catalog.backup(id));
+      const b = await withRuntime(config, async (rt) => await rt.catalog.backup(id));
       if (b.status !== 'creating' || !b.workflowId) throw new InvalidStatus(`backup '${id}' is '${b.status}'; only a running backup can be throttled`);
       const now = await withClient(config, (c) => c.throttle(b.workflowId!, bps));
       return out.result({ id, bps: now }, () => `backup ${id}: copy limit ${now === null ? 'none' : `${formatBytes(now)}/s`}`);
@@ -265,10 +265,10 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
         ...(volumeId === undefined ? { newVolumeId: `vol-${randomBytes(6).toString('hex')}` } : {}),
       };
       await withRuntime(config, async (rt) => {
-        const b = rt.catalog.backup(backupId);
+        const b = await rt.catalog.backup(backupId);
         checkRestorable(b);
         if (input.volumeId !== undefined) {
-          checkRestoreOnto(rt.catalog.volume(input.volumeId), b);
+          checkRestoreOnto(await rt.catalog.volume(input.volumeId), b);
         } else {
           rt.volumePlace(input.backend!, input.pool);
         }
@@ -292,7 +292,7 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
         return out.result({ backupId: id, unscheduled: removed }, () => (removed ? `verify schedule of ${id} removed` : `backup ${id} had no verify schedule`));
       }
       await withRuntime(config, async (rt) => {
-        const b = rt.catalog.backup(id);
+        const b = await rt.catalog.backup(id);
         if (!rt.isObjectTarget(b.target)) throw new InvalidInput(`backup '${id}' is on volume target '${b.target}'; verify reads the chunk hashes of posix and s3 targets`);
       });
       if (cron !== undefined) {
@@ -357,12 +357,12 @@ async function snapshotCommand(sub: string | undefined, argv: string[], out: Out
     }
     case 'list': {
       const { values } = parse(argv, { volume: { type: 'string' } }, { min: 0, max: 0, names: '' });
-      const list = await withRuntime(loadConfig(str(values.config)), async (rt) => rt.catalog.listSnapshots(str(values.volume)));
+      const list = await withRuntime(loadConfig(str(values.config)), async (rt) => await rt.catalog.listSnapshots(str(values.volume)));
       return out.result(list, () => table(list as unknown as Record<string, unknown>[], ['id', 'name', 'volumeId', 'backend', 'pool', 'size', 'status', 'backupId']));
     }
     case 'show': {
       const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'snapshot ID' });
-      const s = await withRuntime(loadConfig(str(values.config)), async (rt) => rt.catalog.snapshot(checkName(pos[0]!, 'snapshot id', 'id')));
+      const s = await withRuntime(loadConfig(str(values.config)), async (rt) => await rt.catalog.snapshot(checkName(pos[0]!, 'snapshot id', 'id')));
       return out.result(s, () => record({ ...s }));
     }
     case 'delete': {

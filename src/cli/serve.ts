@@ -44,7 +44,9 @@ export async function runDev(config: LoadedConfig, opts: { port?: string; uiPort
     uiPort: opts.uiPort ? Number(opts.uiPort) : 8233,
     dbFile: join(config.stateDir, 'temporal.sqlite'),
   });
-  const w = await startWorkers({ config: { ...config, temporal: { ...config.temporal, address: server.address } } }).catch(async (e: unknown) => {
+  // The worker talks to this plain local server: not to TEMPORAL_ADDRESS, not with the config's TLS or API key.
+  const local = { ...config, temporal: { ...config.temporal, address: server.address, tls: false, apiKeyFile: undefined } };
+  const w = await startWorkers({ config: local, env: {} }).catch(async (e: unknown) => {
     await server.stop();
     throw e;
   });
@@ -92,9 +94,10 @@ defaultTarget: vault
   say(`demo: config ${join(dir, 'config.yaml')}; starting Temporal dev server...`);
   // The UI on its usual port when that is free, so the printed link is the familiar one.
   const server = await startDevServer({ port, uiPort: (await portIsFree(8233)) ? 8233 : await freePort(), dbFile: join(dir, 'temporal.sqlite') });
-  const workers = await startWorkers({ config, log: say });
+  // The demo's own local server, whatever TEMPORAL_* the shell has set.
+  const workers = await startWorkers({ config, log: say, env: {} });
   const rt = await Runtime.open(config);
-  const client = await GbackupClient.connect(config);
+  const client = await GbackupClient.connect(config, {});
   try {
     const image = join(dir, 'demo-source.img');
     await writeDemoImage(image, size);
@@ -153,7 +156,7 @@ defaultTarget: vault
     }
   } finally {
     await client.close();
-    rt.close();
+    await rt.close();
     await workers.shutdown();
     await server.stop();
   }

@@ -1,11 +1,12 @@
 import { readFileSync } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import type { ZodError } from 'zod';
 import { Config, type NodeConfig } from './schema.js';
 import { resolveTargetPaths } from '../drivers/backup/stores/registry.js';
 import { InvalidConfig } from '../errors.js';
+import { resolveTemporalPaths } from '../temporal/connection.js';
 
 /** Used when neither --config nor GBACKUP_CONFIG names a file: everything under ./var. */
 export const DEFAULT_CONFIG_YAML = `# gbackup's embedded default: two file backends, one generic backup target.
@@ -54,7 +55,12 @@ export function parseConfig(text: string, source: string, baseDir: string): Load
   return {
     ...c,
     source,
+    temporal: resolveTemporalPaths(c.temporal, abs),
     stateDir: abs(c.stateDir),
+    catalog:
+      c.catalog.driver === 'sqlite'
+        ? { driver: 'sqlite', file: abs(c.catalog.file ?? join(c.stateDir, 'catalog.sqlite')) }
+        : { ...c.catalog, ...(c.catalog.passwordFile !== undefined ? { passwordFile: abs(c.catalog.passwordFile) } : {}) },
     backends: c.backends.map((b) => ({ ...b, path: abs(b.path) })),
     targets: c.targets.map((t) => (t.driver === 'volume' ? t : resolveTargetPaths(t, baseDir))),
     nodes: c.nodes ?? [{ name: defaultNodeName(), backends: c.backends.map((b) => b.name) }],

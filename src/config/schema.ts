@@ -44,6 +44,42 @@ export const NodeConfig = z.strictObject({
 });
 export type NodeConfig = z.infer<typeof NodeConfig>;
 
+/**
+ * Where the catalog lives. `sqlite` (default): a file under stateDir, for one host.
+ * `postgres`: a shared database, so control workers on several hosts share one catalog.
+ * The password comes from passwordFile (or PGPASSWORD), never from the URL in a shared config.
+ */
+export const CatalogConfig = z.discriminatedUnion('driver', [
+  z.strictObject({ driver: z.literal('sqlite'), file: dirPath.optional() }),
+  z.strictObject({
+    driver: z.literal('postgres'),
+    url: z
+      .string()
+      .min(1, 'url must not be empty')
+      .refine((u) => /^postgres(ql)?:\/\//.test(u), { message: "url must start with 'postgres://' (e.g. postgres://gbackup@db:5432/gbackup)" }),
+    passwordFile: dirPath.optional(),
+    /** Connections per process (control activities run concurrently). */
+    poolSize: z.number().int().min(1).max(100).default(10),
+  }),
+]);
+export type CatalogConfig = z.infer<typeof CatalogConfig>;
+
+/**
+ * TLS to the Temporal frontend: `true` trusts the system's roots; the object names a
+ * private CA, an SNI name, and a client certificate + key for mTLS. Only paths are
+ * kept here: the key stays in its file, readable by the worker alone.
+ */
+export const TemporalTls = z.union([
+  z.boolean(),
+  z.strictObject({
+    serverName: z.string().min(1).optional(),
+    serverRootCaCertFile: dirPath.optional(),
+    clientCertFile: dirPath.optional(),
+    clientKeyFile: dirPath.optional(),
+  }),
+]);
+export type TemporalTls = z.infer<typeof TemporalTls>;
+
 export const Config = z
   .strictObject({
     temporal: z
@@ -53,10 +89,15 @@ export const Config = z
         taskQueue: nameSchema('taskQueue').default(DEFAULT_TASK_QUEUE),
         /** A control worker adds gbackup's missing search attributes to the namespace at start; off: it refuses to start without them. */
         registerSearchAttributes: z.boolean().default(true),
+        /** TLS to the frontend; TEMPORAL_TLS* variables override it (temporal/connection.ts). */
+        tls: TemporalTls.optional(),
+        /** The API key lives in this file (read at connect time), never in the config itself. */
+        apiKeyFile: dirPath.optional(),
       })
       .prefault({}),
     /** Catalog, node ledgers and other local state. Relative paths are relative to the config file. */
     stateDir: dirPath.default('./var'),
+    catalog: CatalogConfig.default({ driver: 'sqlite' }),
     backends: z.array(Backend).min(1, 'at least one backend is needed'),
     targets: z.array(Target).min(1, 'at least one backup target is needed'),
     defaultTarget: nameSchema('defaultTarget').optional(),

@@ -34,7 +34,7 @@ export async function rebuildCatalog(rt: Runtime): Promise<RebuildReport> {
         continue;
       }
       const b = rec.backup;
-      if (c.findBackup(b.id)) {
+      if (await c.findBackup(b.id)) {
         report.alreadyKnown.push(b.id);
         continue;
       }
@@ -42,7 +42,7 @@ export async function rebuildCatalog(rt: Runtime): Promise<RebuildReport> {
         report.skipped.push({ record: label, reason: 'its data volume is missing or has the wrong size' });
         continue;
       }
-      c.insertBackup({
+      await c.insertBackup({
         id: b.id,
         name: b.name,
         volumeId: b.volumeId,
@@ -54,7 +54,7 @@ export async function rebuildCatalog(rt: Runtime): Promise<RebuildReport> {
         workflowId: b.workflowId,
         sourcePreviousStatus: null,
       });
-      c.transitionBackup(b.id, ['available'], 'available', { storedBytes: b.storedBytes, ...(b.method ? { method: b.method } : {}), ...(b.node ? { node: b.node } : {}) });
+      await c.transitionBackup(b.id, ['available'], 'available', { storedBytes: b.storedBytes, ...(b.method ? { method: b.method } : {}), ...(b.node ? { node: b.node } : {}) });
       report.imported.push(b.id);
     }
   }
@@ -64,7 +64,7 @@ export async function rebuildCatalog(rt: Runtime): Promise<RebuildReport> {
     const target = await rt.objectTarget(t.name);
     for (const r of await listBackupRecords(target.store)) {
       const label = `${t.name}:${r.backupId}`;
-      if (c.findBackup(r.backupId)) {
+      if (await c.findBackup(r.backupId)) {
         report.alreadyKnown.push(r.backupId);
         continue;
       }
@@ -72,7 +72,7 @@ export async function rebuildCatalog(rt: Runtime): Promise<RebuildReport> {
         report.skipped.push({ record: label, reason: 'a delete of it started and did not finish' });
         continue;
       }
-      catalogFromMetadata(c, t.name, r.metadata);
+      await catalogFromMetadata(c, t.name, r.metadata);
       report.imported.push(r.backupId);
     }
   }

@@ -20,7 +20,7 @@ export interface ExportedBackup {
 }
 
 export async function exportBackup(rt: Runtime, backupId: string): Promise<ExportedBackup> {
-  const b = rt.catalog.backup(backupId);
+  const b = await rt.catalog.backup(backupId);
   if (!rt.isObjectTarget(b.target)) {
     throw new InvalidInput(`backup '${b.id}' is on volume target '${b.target}'; export and import apply to posix and s3 targets, whose records are self-contained`);
   }
@@ -30,8 +30,8 @@ export async function exportBackup(rt: Runtime, backupId: string): Promise<Expor
 }
 
 /** A catalog row for a backup known from its metadata object (import, rebuild). */
-export function catalogFromMetadata(c: Catalog, target: string, m: BackupMetadata): BackupView {
-  c.insertBackup({
+export async function catalogFromMetadata(c: Catalog, target: string, m: BackupMetadata): Promise<BackupView> {
+  await c.insertBackup({
     id: m.backupId,
     name: m.name ?? m.backupId,
     volumeId: m.volumeId,
@@ -44,7 +44,7 @@ export function catalogFromMetadata(c: Catalog, target: string, m: BackupMetadat
     sourcePreviousStatus: null,
     parentId: m.parent,
   });
-  return backupView(c.transitionBackup(m.backupId, ['available'], 'available', { storedBytes: m.stats.storedBytes, method: 'chunked' }));
+  return backupView(await c.transitionBackup(m.backupId, ['available'], 'available', { storedBytes: m.stats.storedBytes, method: 'chunked' }));
 }
 
 /**
@@ -55,9 +55,9 @@ export async function importBackup(rt: Runtime, targetName: string, text: string
   const m = decodeRecord(text);
   if (!rt.isObjectTarget(targetName)) throw new InvalidInput(`target '${targetName}' is a volume target; import needs a posix or s3 target`);
   const c = rt.catalog;
-  const known = c.findBackup(m.backupId);
+  const known = await c.findBackup(m.backupId);
   if (known && known.target !== targetName) throw new ImportConflict(`backup '${m.backupId}' is already in this catalog, on target '${known.target}'`);
-  if (m.parent !== null && !c.findBackup(m.parent)) {
+  if (m.parent !== null && !await c.findBackup(m.parent)) {
     throw new InvalidInput(`backup '${m.backupId}' is an incremental on '${m.parent}', which this catalog does not know; import '${m.parent}' first`);
   }
   const t = await rt.objectTarget(targetName);

@@ -3,11 +3,11 @@
  * the catalog. Built once at start-up; building it enforces the same-storage rule, so a
  * worker (or CLI) with a broken config stops before touching anything.
  */
-import { join } from 'node:path';
 import type { LoadedConfig } from '../config/load.js';
 import { checkPlacement, type Place } from '../config/placement.js';
 import type { NodeConfig, TargetConfig } from '../config/schema.js';
-import { Catalog } from '../catalog/catalog.js';
+import type { Catalog } from '../catalog/catalog.js';
+import { openCatalog } from '../catalog/open.js';
 import type { VolumeDriver } from '../drivers/volume/driver.js';
 import { createDriver } from '../drivers/volume/registry.js';
 import { BackendNotFound, BackupOnlyStorage, InvalidInput, NodeNotFound, PoolNotFound, TargetNotFound } from '../errors.js';
@@ -17,6 +17,7 @@ export class Runtime {
   readonly drivers: Map<string, VolumeDriver>;
   readonly targetPlaces: Map<string, Place>;
   private catalogInstance: Catalog | undefined;
+  private catalogOpening: Promise<Catalog> | undefined;
   /** Object targets, opened on first use (an S3 client, its credentials read once). */
   private readonly objectTargets = new Map<string, Promise<ChunkedTarget>>();
 
@@ -28,20 +29,35 @@ export class Runtime {
     this.targetPlaces = checkPlacement(drivers, config.targets).targetPlaces;
   }
 
-  /** Prepares every backend (directories, capability probes) and checks the placement rule. */
-  static async open(config: LoadedConfig): Promise<Runtime> {
+  /**
+   * Prepares every backend (directories, capability probes), checks the placement rule and
+   * opens the catalog (running its migrations). A node-only worker passes `catalog: false`:
+   * nodes attach and copy, and need not reach the catalog database.
+   */
+  static async open(config: LoadedConfig, opts: { catalog?: boolean } = {}): Promise<Runtime> {
     const drivers = config.backends.map(createDriver);
     for (const d of drivers) await d.prepare();
-    return new Runtime(config, drivers);
+    const rt = new Runtime(config, drivers);
+    if (opts.catalog !== false) await rt.openCatalog();
+    return rt;
+  }
+
+  /** Opens the catalog once (idempotent). */
+  async openCatalog(): Promise<Catalog> {
+    this.catalogOpening ??= openCatalog(this.config.catalog).then((c) => (this.catalogInstance = c));
+    return this.catalogOpening;
   }
 
   get catalog(): Catalog {
-    this.catalogInstance ??= new Catalog(join(this.config.stateDir, 'catalog.sqlite'));
+    if (!this.catalogInstance) throw new Error('the catalog is not open in this process (a node-only worker has none)');
     return this.catalogInstance;
   }
 
-  close(): void {
-    this.catalogInstance?.close();
+  async close(): Promise<void> {
+    const catalog = this.catalogOpening;
+    this.catalogOpening = undefined;
+    this.catalogInstance = undefined;
+    await catalog?.then((c) => c.close(), () => undefined);
     for (const t of this.objectTargets.values()) void t.then((x) => x.close(), () => undefined);
     this.objectTargets.clear();
   }

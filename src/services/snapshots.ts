@@ -20,53 +20,53 @@ export class Snapshots {
 
   async create(volumeId: string, name?: string): Promise<SnapshotView> {
     const cat = this.rt.catalog;
-    const v = cat.volume(checkName(volumeId, 'volume id', 'id'));
+    const v = await cat.volume(checkName(volumeId, 'volume id', 'id'));
     if (v.status !== 'available' && v.status !== 'in-use') throw new InvalidStatus(`volume '${v.id}' is '${v.status}'; a snapshot needs it 'available' or 'in-use'`);
     const id = newId('snap');
-    cat.insertSnapshot({ id, name: name ? checkName(name, 'snapshot name') : id, volumeId: v.id, backend: v.backend, pool: v.pool, size: v.size, status: 'creating', backupId: null });
+    await cat.insertSnapshot({ id, name: name ? checkName(name, 'snapshot name') : id, volumeId: v.id, backend: v.backend, pool: v.pool, size: v.size, status: 'creating', backupId: null });
     try {
       await this.rt.driver(v.backend).createSnapshot({ pool: v.pool, name: v.id }, { pool: v.pool, name: id });
     } catch (e) {
       await this.rt.driver(v.backend).deleteVolume({ pool: v.pool, name: id }).catch(() => undefined);
-      cat.deleteSnapshotRecord(id);
+      await cat.deleteSnapshotRecord(id);
       throw e;
     }
-    cat.setSnapshotStatus(id, 'available');
-    return cat.snapshot(id);
+    await cat.setSnapshotStatus(id, 'available');
+    return await cat.snapshot(id);
   }
 
   async delete(id: string): Promise<SnapshotView> {
     const cat = this.rt.catalog;
-    const s = cat.snapshot(checkName(id, 'snapshot id', 'id'));
-    const users = cat.listBackups(s.volumeId).filter((b) => b.snapshotId === s.id && b.status === 'creating');
+    const s = await cat.snapshot(checkName(id, 'snapshot id', 'id'));
+    const users = (await cat.listBackups(s.volumeId)).filter((b) => b.snapshotId === s.id && b.status === 'creating');
     if (users.length > 0) throw new InvalidStatus(`snapshot '${s.id}' is being backed up (backup ${users.map((b) => b.id).join(', ')}); delete it when that ends`);
     if (s.backupId !== null) {
-      const b = cat.findBackup(s.backupId);
+      const b = await cat.findBackup(s.backupId);
       if (b && b.status === 'creating') throw new InvalidStatus(`snapshot '${s.id}' is the temporary snapshot of running backup '${b.id}'; it is removed when that ends`);
     }
     await this.rt.driver(s.backend).deleteVolume({ pool: s.pool, name: s.id });
-    cat.deleteSnapshotRecord(s.id);
+    await cat.deleteSnapshotRecord(s.id);
     return s;
   }
 
   /** Marks the volume in-use by `instance` and exposes it here as a block device. */
   async attach(volumeId: string, instance: string): Promise<VolumeView & { device: string }> {
     const cat = this.rt.catalog;
-    const v = cat.transitionVolume(checkName(volumeId, 'volume id', 'id'), ['available'], 'in-use', { instance: checkName(instance, 'instance') });
+    const v = await cat.transitionVolume(checkName(volumeId, 'volume id', 'id'), ['available'], 'in-use', { instance: checkName(instance, 'instance') });
     try {
       const { device } = await this.connector().connectVolume(this.rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }));
-      return { ...cat.volume(v.id), device };
+      return { ...(await cat.volume(v.id)), device };
     } catch (e) {
-      cat.transitionVolume(v.id, ['in-use'], 'available', { instance: null });
+      await cat.transitionVolume(v.id, ['in-use'], 'available', { instance: null });
       throw e;
     }
   }
 
   async detach(volumeId: string): Promise<VolumeView> {
     const cat = this.rt.catalog;
-    const v = cat.volume(checkName(volumeId, 'volume id', 'id'));
+    const v = await cat.volume(checkName(volumeId, 'volume id', 'id'));
     if (v.status !== 'in-use') throw new InvalidStatus(`volume '${v.id}' is '${v.status}', not attached to an instance`);
     await this.connector().disconnectVolume(this.rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }));
-    return cat.transitionVolume(v.id, ['in-use'], 'available', { instance: null });
+    return await cat.transitionVolume(v.id, ['in-use'], 'available', { instance: null });
   }
 }

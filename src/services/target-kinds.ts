@@ -41,7 +41,7 @@ export interface TargetKind {
   /** Removes what an abandoned backup stored; false (nothing done) while it is still attached on this host. */
   removeAbandoned(rt: TargetDeps, backup: BackupRecord, attached: Set<string>): Promise<boolean>;
   /** Why a delete must wait now, or null. */
-  deleteBlocker(rt: TargetDeps, backup: BackupRecord): string | null;
+  deleteBlocker(rt: TargetDeps, backup: BackupRecord): Promise<string | null>;
 }
 
 const volumeKind: TargetKind = {
@@ -78,7 +78,7 @@ const volumeKind: TargetKind = {
     await driver.deleteRecord(b.location);
     return true;
   },
-  deleteBlocker() {
+  async deleteBlocker() {
     return null;
   },
 };
@@ -107,9 +107,9 @@ const chunkedKind: TargetKind = {
     await deleteBackup({ target: await rt.objectTarget(b.target), backupId: b.id });
     return true;
   },
-  deleteBlocker(rt, b) {
+  async deleteBlocker(rt, b) {
     // A backup being made of the same volume may choose this one as its parent.
-    const running = rt.catalog.listBackups(b.volumeId).find((x) => x.id !== b.id && x.target === b.target && x.status === 'creating');
+    const running = (await rt.catalog.listBackups(b.volumeId)).find((x) => x.id !== b.id && x.target === b.target && x.status === 'creating');
     return running ? `backup '${b.id}' cannot be deleted while backup '${running.id}' of the same volume is being made on target '${b.target}' (it may build on it)` : null;
   },
 };

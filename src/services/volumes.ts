@@ -43,16 +43,16 @@ export class Volumes {
     const driver = this.rt.driver(input.backend);
     await (driver as { checkSpace?: (p: string | null, s: number) => Promise<void> }).checkSpace?.(pool, input.size);
     const cat = this.rt.catalog;
-    if (cat.findVolume(id)) throw new InvalidInput(`volume id '${id}' is already used`);
-    cat.insertVolume({ id, name, backend: input.backend, pool, size: input.size, status: 'creating' });
+    if (await cat.findVolume(id)) throw new InvalidInput(`volume id '${id}' is already used`);
+    await cat.insertVolume({ id, name, backend: input.backend, pool, size: input.size, status: 'creating' });
     try {
       await driver.createVolume({ pool, name: id }, input.size);
     } catch (e) {
       await driver.deleteVolume({ pool, name: id }).catch(() => undefined);
-      cat.deleteVolumeRecord(id);
+      await cat.deleteVolumeRecord(id);
       throw e;
     }
-    return input.keepCreating ? cat.volume(id) : cat.transitionVolume(id, ['creating'], 'available');
+    return input.keepCreating ? await cat.volume(id) : await cat.transitionVolume(id, ['creating'], 'available');
   }
 
   /** A new volume holding the file's bytes (size rounded up to whole MiB, zero-filled). */
@@ -70,16 +70,16 @@ export class Volumes {
     } catch (e) {
       await connector.disconnectVolume(conn);
       await this.rt.driver(vol.backend).deleteVolume({ pool: vol.pool, name: vol.id });
-      this.rt.catalog.deleteVolumeRecord(vol.id);
+      await this.rt.catalog.deleteVolumeRecord(vol.id);
       throw e;
     }
     await connector.disconnectVolume(conn);
-    return this.rt.catalog.transitionVolume(vol.id, ['creating'], 'available');
+    return await this.rt.catalog.transitionVolume(vol.id, ['creating'], 'available');
   }
 
   /** Writes the volume's bytes to a file (sparse where the volume has holes). */
   async export(id: string, file: string): Promise<{ volume: VolumeView; file: string; bytes: number }> {
-    const vol = this.rt.catalog.volume(checkName(id, 'volume id', 'id'));
+    const vol = await this.rt.catalog.volume(checkName(id, 'volume id', 'id'));
     if (!['available', 'in-use'].includes(vol.status)) throw new InvalidStatus(`volume '${vol.id}' is '${vol.status}'; export needs 'available' or 'in-use'`);
     const conn = this.rt.driver(vol.backend).initializeConnection({ pool: vol.pool, name: vol.id }, { readOnly: true });
     // The export reads the image through its own loop device, like a node would.
@@ -97,22 +97,22 @@ export class Volumes {
 
   async delete(id: string): Promise<VolumeView> {
     const cat = this.rt.catalog;
-    const vol = cat.transitionVolume(checkName(id, 'volume id', 'id'), ['available', 'error'], 'deleting');
+    const vol = await cat.transitionVolume(checkName(id, 'volume id', 'id'), ['available', 'error'], 'deleting');
     const driver = this.rt.driver(vol.backend);
     try {
       await this.connector().disconnectVolume(driver.initializeConnection({ pool: vol.pool, name: vol.id }));
       await driver.deleteVolume({ pool: vol.pool, name: vol.id });
     } catch (e) {
-      cat.transitionVolume(vol.id, ['deleting'], 'error', { error: `delete failed: ${(e as Error).message}` });
+      await cat.transitionVolume(vol.id, ['deleting'], 'error', { error: `delete failed: ${(e as Error).message}` });
       throw e;
     }
-    cat.deleteVolumeRecord(vol.id);
+    await cat.deleteVolumeRecord(vol.id);
     return vol;
   }
 
   /** sha256 of the volume's bytes, as its storage holds them. */
   async sha256(id: string): Promise<string> {
-    const vol = this.rt.catalog.volume(id);
+    const vol = await this.rt.catalog.volume(id);
     return this.rt.driver(vol.backend).sha256({ pool: vol.pool, name: vol.id });
   }
 }

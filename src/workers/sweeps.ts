@@ -27,41 +27,41 @@ export async function sweepAbandoned(rt: Runtime, deps: SweepDeps): Promise<stri
   const done: string[] = [];
   const attached = await (deps.attachedFiles ?? (() => new Connectors(rt.allRoots()).attached()))();
 
-  for (const b of c.listBackups()) {
+  for (const b of await c.listBackups()) {
     if (b.status !== 'creating' || b.workflowId === null || (await deps.isRunning(b.workflowId))) continue;
     const wf = b.workflowId;
     // Nothing still attached on this host is removed; the next sweep finishes it.
     if (!(await backupKind(rt, b).removeAbandoned(rt, b, attached))) continue;
-    c.tx(() => {
-      c.transitionBackup(b.id, ['creating'], 'error', { error: `abandoned: workflow ${wf} ended without finishing (terminated or timed out); what it stored was removed` });
-      const v = c.findVolume(b.volumeId);
-      if (v && v.status === 'backing-up' && c.volumeOwner(v.id) === wf) c.transitionVolume(v.id, ['backing-up'], b.sourcePreviousStatus ?? 'available');
+    await c.tx(async () => {
+      await c.transitionBackup(b.id, ['creating'], 'error', { error: `abandoned: workflow ${wf} ended without finishing (terminated or timed out); what it stored was removed` });
+      const v = await c.findVolume(b.volumeId);
+      if (v && v.status === 'backing-up' && await c.volumeOwner(v.id) === wf) await c.transitionVolume(v.id, ['backing-up'], b.sourcePreviousStatus ?? 'available');
     });
     done.push(`backup ${b.id} of abandoned workflow ${wf}: error, its data removed`);
   }
 
-  for (const v of c.listVolumes()) {
+  for (const v of await c.listVolumes()) {
     if (v.status !== 'restoring-backup' && v.status !== 'backing-up') continue;
-    const owner = c.volumeOwner(v.id);
+    const owner = await c.volumeOwner(v.id);
     if (owner === null || (await deps.isRunning(owner))) continue;
     if (v.status === 'backing-up') {
       // Its backup row was handled above; a claim without one goes back as it was.
-      c.tx(() => c.transitionVolume(v.id, ['backing-up'], c.volumePreviousStatus(v.id) ?? 'available'));
+      await c.tx(async () => await c.transitionVolume(v.id, ['backing-up'], await c.volumePreviousStatus(v.id) ?? 'available'));
       done.push(`volume ${v.id}: back from 'backing-up' (workflow ${owner} ended)`);
       continue;
     }
     if (attached.has(rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }).path)) continue;
-    c.transitionVolume(v.id, ['restoring-backup'], 'error', { error: `restore workflow ${owner} ended without finishing (terminated or timed out); the volume's data is incomplete` });
+    await c.transitionVolume(v.id, ['restoring-backup'], 'error', { error: `restore workflow ${owner} ended without finishing (terminated or timed out); the volume's data is incomplete` });
     done.push(`volume ${v.id}: error, its restore workflow ${owner} ended without finishing`);
   }
 
   // A backup is `restoring` exactly while a volume is `restoring-backup` (the two change in
   // one transaction); with no such volume left, no restore holds it.
-  c.tx(() => {
-    if (c.listVolumes().some((v) => v.status === 'restoring-backup')) return;
-    for (const b of c.listBackups()) {
+  await c.tx(async () => {
+    if ((await c.listVolumes()).some((v) => v.status === 'restoring-backup')) return;
+    for (const b of await c.listBackups()) {
       if (b.status !== 'restoring') continue;
-      c.transitionBackup(b.id, ['restoring'], 'available');
+      await c.transitionBackup(b.id, ['restoring'], 'available');
       done.push(`backup ${b.id}: available again (no restore holds it)`);
     }
   });
@@ -75,10 +75,10 @@ export async function sweepAbandoned(rt: Runtime, deps: SweepDeps): Promise<stri
 export async function sweepTempSnapshots(rt: Runtime): Promise<string[]> {
   const c = rt.catalog;
   const removed: string[] = [];
-  for (const s of c.listSnapshots()) {
-    if (s.backupId === null || c.findBackup(s.backupId)?.status === 'creating') continue;
+  for (const s of await c.listSnapshots()) {
+    if (s.backupId === null || (await c.findBackup(s.backupId))?.status === 'creating') continue;
     await rt.driver(s.backend).deleteVolume({ pool: s.pool, name: s.id });
-    c.deleteSnapshotRecord(s.id);
+    await c.deleteSnapshotRecord(s.id);
     removed.push(s.id);
   }
   return removed;

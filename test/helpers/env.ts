@@ -88,7 +88,7 @@ export async function makeEnv(opts: { yaml?: (dir: string, taskQueue: string, ad
     async cleanup() {
       await env.workers?.shutdown().catch(() => undefined);
       await client.close().catch(() => undefined);
-      rt.close();
+      await rt.close();
       const roots = [dir, ...config.backends.map((b) => `${b.path}/`)];
       for (const d of await listLoopDevices()) {
         if (roots.some((r) => d.backingFile.startsWith(r))) await execa('losetup', ['-d', d.device], { reject: false });

@@ -21,8 +21,7 @@ export async function findLeaks(env: TestEnv): Promise<LeakReport> {
   const roots = [env.dir, ...[...env.rt.drivers.values()].map((d) => `${d.placeLocation(null)}/`)];
   // A volume attached to an instance (volume attach) is in use on purpose, not a leak.
   const instanceFiles = new Set(
-    env.rt.catalog
-      .listVolumes()
+    (await env.rt.catalog.listVolumes())
       .filter((v) => v.instance !== null)
       .map((v) => env.rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }).path),
   );
@@ -40,9 +39,9 @@ export async function findLeaks(env: TestEnv): Promise<LeakReport> {
   }
   const cat = env.rt.catalog;
   const known = new Set<string>();
-  for (const v of cat.listVolumes()) known.add(`${v.backend}/${v.pool ?? ''}/${v.id}`);
-  for (const s of cat.listSnapshots()) known.add(`${s.backend}/${s.pool ?? ''}/${s.id}`);
-  for (const b of cat.listBackups()) if (b.location) known.add(`${b.location.backend}/${b.location.pool ?? ''}/${b.location.name}`);
+  for (const v of await cat.listVolumes()) known.add(`${v.backend}/${v.pool ?? ''}/${v.id}`);
+  for (const s of await cat.listSnapshots()) known.add(`${s.backend}/${s.pool ?? ''}/${s.id}`);
+  for (const b of await cat.listBackups()) if (b.location) known.add(`${b.location.backend}/${b.location.pool ?? ''}/${b.location.name}`);
   const unreferencedVolumes: string[] = [];
   const partialFiles: string[] = [];
   for (const [name, d] of env.rt.drivers) {
@@ -54,10 +53,10 @@ export async function findLeaks(env: TestEnv): Promise<LeakReport> {
       for (const f of readdirSync(d.placeLocation(pool))) if (/\.(creating|tmp)$/.test(f)) partialFiles.push(`${name}/${pool ?? ''}/${f}`);
     }
   }
-  const tempSnapshots = cat
-    .listSnapshots()
-    .filter((s) => s.backupId !== null && cat.findBackup(s.backupId)?.status !== 'creating')
-    .map((s) => s.id);
+  const tempSnapshots: string[] = [];
+  for (const s of await cat.listSnapshots()) {
+    if (s.backupId !== null && (await cat.findBackup(s.backupId))?.status !== 'creating') tempSnapshots.push(s.id);
+  }
   return { loopDevices, ledgerEntries, unreferencedVolumes, partialFiles, tempSnapshots };
 }
 

@@ -6,7 +6,7 @@ import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TestEnv } from './env.js';
 
-export function snapshotWorld(env: TestEnv, extra: Record<string, unknown> = {}) {
+export async function snapshotWorld(env: TestEnv, extra: Record<string, unknown> = {}) {
   const files: string[] = [];
   const walk = (d: string) => {
     for (const f of readdirSync(d, { withFileTypes: true })) {
@@ -18,5 +18,5 @@ export function snapshotWorld(env: TestEnv, extra: Record<string, unknown> = {})
   for (const b of env.config.backends) walk(b.path);
   const c = env.rt.catalog;
   const strip = <T extends { updatedAt?: string }>(x: T) => ({ ...x, updatedAt: undefined });
-  return { files: files.sort(), volumes: c.listVolumes().map(strip), backups: c.listBackups().map(strip), snapshots: c.listSnapshots(), ...extra };
+  return { files: files.sort(), volumes: (await c.listVolumes()).map(strip), backups: (await c.listBackups()).map(strip), snapshots: await c.listSnapshots(), ...extra };
 }
