@@ -35,7 +35,8 @@ if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
 fi
 
 # --- a. Debian packages --------------------------------------------------------------------
-DEB_PACKAGES=(util-linux e2fsprogs btrfs-progs xfsprogs coreutils restic zstd procps)
+# postgresql: the server binaries the catalog tests run (test/helpers/postgres.ts initdb's its own).
+DEB_PACKAGES=(util-linux e2fsprogs btrfs-progs xfsprogs coreutils restic zstd procps openssl postgresql)
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
@@ -50,6 +51,15 @@ if ((${#missing[@]})); then
   fi
   log "installing Debian packages: ${missing[*]}"
   "${SUDO[@]}" apt-get update -qq >&2
+  # Debian's postgresql-<version> would also create a cluster "main" on port 5432 and start it now
+  # and at every boot: nothing here uses it (the tests run their own server on a free port), and a
+  # start that fails (a container without an init system, the port taken) fails the install. On a
+  # machine with no cluster yet, install postgresql-common first and tell it to create none.
+  if [[ " ${missing[*]} " == *" postgresql "* ]] && ! compgen -G '/etc/postgresql/*/*/postgresql.conf' >/dev/null; then
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends postgresql-common >&2
+    "${SUDO[@]}" pg_conftool /etc/postgresql-common/createcluster.conf set create_main_cluster false
+  fi
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi

@@ -19,8 +19,13 @@ type Service = Record<string, unknown> & {
   volumes?: (string | { type: string; source?: string; target: string; read_only?: boolean })[];
   depends_on?: Record<string, { condition: string }> | string[];
   ports?: unknown;
+  secrets?: (string | { source: string; target?: string })[];
 };
-type ComposeFile = { services: Record<string, Service>; volumes?: Record<string, unknown> };
+type ComposeFile = {
+  services: Record<string, Service>;
+  volumes?: Record<string, unknown>;
+  secrets?: Record<string, { environment?: string; file?: string }>;
+};
 
 // ajv-formats is CommonJS; depending on the loader its plugin is the namespace's default or
 // the default's default.
@@ -130,6 +135,62 @@ describe('deploy/config.example.yaml', () => {
     for (const backend of config.backends) {
       expect(targets, `mount for backend ${backend.name}`).toContain(backend.path);
     }
+  });
+});
+
+describe('the catalog database', () => {
+  const worker = compose.services['gbackup-worker'] as Service;
+  const setup = compose.services['gbackup-catalog-setup'] as Service;
+  const configText = read('deploy/config.example.yaml');
+  const { catalog } = Config.parse(parseYaml(configText));
+  const postgresCatalog = () => {
+    if (catalog.driver !== 'postgres') throw new Error(`catalog.driver is ${catalog.driver}, not postgres`);
+    return catalog;
+  };
+  /** Secret name by the path a service sees it at: /run/secrets/<target, else name>, as Compose mounts it. */
+  function secretPaths(service: Service): Map<string, string> {
+    return new Map(
+      (service.secrets ?? []).map((s): [string, string] => {
+        const [name, target] = typeof s === 'string' ? [s, s] : [s.source, s.target ?? s.source];
+        return [target.startsWith('/') ? target : `/run/secrets/${target}`, name];
+      }),
+    );
+  }
+
+  it('is a postgres catalog on the compose file\'s PostgreSQL service, with no password in the url', () => {
+    const url = new URL(postgresCatalog().url);
+    expect(compose.services, `service ${url.hostname}`).toHaveProperty(url.hostname);
+    expect((compose.services[url.hostname] as Service).image).toMatch(/^postgres:/);
+    expect(url.port || '5432').toBe('5432');
+    expect(url.username).toBe('gbackup');
+    expect(url.pathname).toBe('/gbackup');
+    expect(url.password).toBe('');
+  });
+
+  it('keeps the password in a secret from the environment, which the worker gets as the passwordFile', () => {
+    const { passwordFile } = postgresCatalog();
+    expect(passwordFile).toBeDefined();
+    const secret = secretPaths(worker).get(passwordFile ?? '');
+    expect(secret, `the worker mounts a secret at ${passwordFile}`).toBeDefined();
+    // From the environment (or .env), so no password file sits in the repository.
+    expect(compose.secrets?.[secret ?? '']).toEqual({ environment: 'GBACKUP_CATALOG_PASSWORD' });
+    expect(configText).not.toMatch(/password\s*:/i);
+    expect(Object.keys(envOf(worker)).filter((k) => /PGPASSWORD|CATALOG/i.test(k))).toEqual([]);
+  });
+
+  it('has a one-shot setup that makes the role and database idempotently, which the worker waits for', () => {
+    expect(setup.image).toMatch(/^postgres:/);
+    expect(setup.depends_on).toMatchObject({ postgresql: { condition: 'service_healthy' } });
+    expect(envOf(setup).PGHOST).toBe('postgresql');
+    expect(setup.restart).toMatch(/^(no|on-failure)/);
+    expect([...secretPaths(setup).values()]).toContain('gbackup_catalog_password');
+    const script = (setup.command as string[]).join('\n');
+    expect(script).toContain('/run/secrets/gbackup_catalog_password');
+    expect(script).toMatch(/CREATE ROLE gbackup\b.*WHERE NOT EXISTS/);
+    expect(script).toMatch(/CREATE DATABASE gbackup OWNER gbackup\b.*WHERE NOT EXISTS/);
+    expect(script).toContain('ALTER ROLE gbackup LOGIN PASSWORD');
+    expect(script).toContain('ON_ERROR_STOP=1');
+    expect(worker.depends_on).toMatchObject({ 'gbackup-catalog-setup': { condition: 'service_completed_successfully' } });
   });
 });
 

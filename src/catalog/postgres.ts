@@ -33,6 +33,12 @@ export function redactUrl(url: string): string {
   }
 }
 
+function withPassword(url: string, password: string): string {
+  const u = new URL(url);
+  u.password = encodeURIComponent(password);
+  return u.toString();
+}
+
 export interface PostgresOptions {
   url: string;
   passwordFile?: string;
@@ -81,8 +87,9 @@ export class PostgresCatalog extends SqlCatalog {
       }
     }
     const pool = new pg.Pool({
-      connectionString: opts.url,
-      ...(password !== undefined ? { password } : {}),
+      // node-postgres lets the URL's fields override separate options (an absent password
+      // parses as ''), so the password from the file goes into the URL it connects with.
+      connectionString: password !== undefined ? withPassword(opts.url, password) : opts.url,
       max: opts.poolSize ?? 10,
       connectionTimeoutMillis: 10_000,
       idleTimeoutMillis: 30_000,
