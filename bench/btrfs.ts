@@ -86,9 +86,10 @@ targets:
   let rt: Runtime | undefined;
   let client: GbackupClient | undefined;
   try {
-    workers = await startWorkers({ config, log: () => undefined });
+    // The bench's own local server, whatever TEMPORAL_* the shell has set.
+    workers = await startWorkers({ config, log: () => undefined, env: {} });
     rt = await Runtime.open(config);
-    client = await GbackupClient.connect(config);
+    client = await GbackupClient.connect(config, {});
     const volumes = new Volumes(rt);
     const vol = await volumes.create({ backend: 'bt', pool: 'gold', size: SIZE });
     const fh = await open(rt.driver('bt').initializeConnection({ pool: 'gold', name: vol.id }).path, 'r+');

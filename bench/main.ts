@@ -560,9 +560,10 @@ defaultTarget: vault
     const config = parseConfig(yaml, join(dir, 'config.yaml'), dir);
     writeFileSync(join(dir, 'config.yaml'), yaml);
     say('starting workers (bundling workflows)');
-    world.workers = await startWorkers({ config, log: () => undefined });
+    // The bench's own local server, whatever TEMPORAL_* the shell has set.
+    world.workers = await startWorkers({ config, log: () => undefined, env: {} });
     world.rt = await Runtime.open(config);
-    world.client = await GbackupClient.connect(config);
+    world.client = await GbackupClient.connect(config, {});
     const { rt, client } = world;
     const volumes = new Volumes(rt);
     const scratch = join(dir, 'beta');

@@ -98,6 +98,8 @@ export interface VolumeView {
   createdAt: string;
   updatedAt: string;
   instance: string | null;
+  /** For an `in-use` volume: the node where its block device is. */
+  attachedNode: string | null;
 }
 
 export interface BackupView {
@@ -160,3 +162,166 @@ export const SEARCH_ATTRIBUTES = {
 
 /** Node-side task queue of one node: attach, copy and detach run there. */
 export const nodeTaskQueue = (taskQueue: string, node: string) => `${taskQueue}-node-${node}`;
+
+// ---- management: every CLI command, as a workflow on the control worker ------------------
+//
+// Volume, snapshot and catalog operations run as short workflows on the control queue (node
+// steps on a node's queue), not in the caller's process: a caller needs only Temporal, not
+// the catalog database or the backends, and each operation is durable, retried and visible
+// in the UI like a backup. Reads run as one local activity (one workflow task, no history
+// of activities beyond it); writes as ordinary activities with their undo steps.
+
+export const MANAGE_WORKFLOWS = {
+  createVolume: 'createVolume',
+  deleteVolume: 'deleteVolume',
+  importVolume: 'importVolume',
+  exportVolume: 'exportVolume',
+  attachVolume: 'attachVolume',
+  detachVolume: 'detachVolume',
+  createSnapshot: 'createSnapshot',
+  deleteSnapshot: 'deleteSnapshot',
+  importBackupRecord: 'importBackupRecord',
+  rebuildCatalog: 'rebuildCatalog',
+  checkTargets: 'checkTargets',
+  lookup: 'lookup',
+} as const;
+
+/** A path on the node that runs the step (import reads it, export writes it): absolute, no NUL. */
+const nodePath = (what: string) =>
+  z
+    .string()
+    .min(1, `${what} must not be empty`)
+    .refine((p) => p.startsWith('/'), { message: `${what} must be an absolute path (it is opened on the node)` })
+    .refine((p) => !p.includes('\0'), { message: `${what} must not contain NUL` });
+
+const byteSize = z.number().int().positive().refine((n) => n % (1024 * 1024) === 0, { message: 'size must be a whole number of MiB (direct I/O and loop devices need it)' });
+
+export const CreateVolumeInput = z.strictObject({
+  volumeId: idSchema('volumeId'),
+  backend: nameSchema('backend'),
+  pool: nameSchema('pool').optional(),
+  size: byteSize,
+  name: nameSchema('name').optional(),
+});
+export type CreateVolumeInput = z.infer<typeof CreateVolumeInput>;
+
+export const VolumeIdInput = z.strictObject({ volumeId: idSchema('volumeId') });
+export type VolumeIdInput = z.infer<typeof VolumeIdInput>;
+
+export const ImportVolumeInput = z.strictObject({
+  volumeId: idSchema('volumeId'),
+  backend: nameSchema('backend'),
+  pool: nameSchema('pool').optional(),
+  name: nameSchema('name').optional(),
+  /** Image file on the node (default: the first node that reaches the backend). */
+  file: nodePath('file'),
+  node: nameSchema('node').optional(),
+});
+export type ImportVolumeInput = z.infer<typeof ImportVolumeInput>;
+
+export const ExportVolumeInput = z.strictObject({ volumeId: idSchema('volumeId'), file: nodePath('file'), node: nameSchema('node').optional() });
+export type ExportVolumeInput = z.infer<typeof ExportVolumeInput>;
+
+export const AttachVolumeInput = z.strictObject({ volumeId: idSchema('volumeId'), instance: nameSchema('instance'), node: nameSchema('node').optional() });
+export type AttachVolumeInput = z.infer<typeof AttachVolumeInput>;
+
+export const CreateSnapshotInput = z.strictObject({ volumeId: idSchema('volumeId'), snapshotId: idSchema('snapshotId'), name: nameSchema('name').optional() });
+export type CreateSnapshotInput = z.infer<typeof CreateSnapshotInput>;
+
+export const SnapshotIdInput = z.strictObject({ snapshotId: idSchema('snapshotId') });
+export type SnapshotIdInput = z.infer<typeof SnapshotIdInput>;
+
+export const ImportBackupRecordInput = z.strictObject({ target: nameSchema('target'), record: z.string().min(1).max(4 * 1024 * 1024) });
+export type ImportBackupRecordInput = z.infer<typeof ImportBackupRecordInput>;
+
+export const CheckTargetsInput = z.strictObject({ target: nameSchema('target').optional(), createBucket: z.boolean().optional() });
+export type CheckTargetsInput = z.infer<typeof CheckTargetsInput>;
+
+/** Most rows one lookup returns; a listing past that is paged (`after` = the previous page's `next`). */
+export const MAX_PAGE = 1000;
+
+/** Read-only questions to the catalog and the configured world. */
+export const LookupInput = z.discriminatedUnion('what', [
+  z.strictObject({ what: z.literal('volumes') }),
+  z.strictObject({ what: z.literal('volume'), id: idSchema('id') }),
+  z.strictObject({ what: z.literal('snapshots'), volumeId: idSchema('volumeId').optional() }),
+  z.strictObject({ what: z.literal('snapshot'), id: idSchema('id') }),
+  z.strictObject({
+    what: z.literal('backups'),
+    volumeId: idSchema('volumeId').optional(),
+    after: z.string().max(512).nullable().optional(),
+    limit: z.number().int().min(1).max(MAX_PAGE).optional(),
+  }),
+  z.strictObject({ what: z.literal('backup'), id: idSchema('id') }),
+  z.strictObject({ what: z.literal('exportBackup'), id: idSchema('id') }),
+  z.strictObject({ what: z.literal('backends'), name: nameSchema('name').optional() }),
+  z.strictObject({ what: z.literal('targets') }),
+]);
+export type LookupInput = z.infer<typeof LookupInput>;
+
+export interface SnapshotInfo {
+  id: string;
+  name: string;
+  volumeId: string;
+  backend: string;
+  pool: string | null;
+  size: number;
+  status: 'creating' | 'available' | 'deleting' | 'error';
+  backupId: string | null;
+  createdAt: string;
+}
+
+export interface BackendInfo {
+  name: string;
+  driver: string;
+  pools: string[];
+  path: string;
+  totalBytes: number;
+  freeBytes: number;
+  snapshotMethod: string;
+  storageAssistedBackup: boolean;
+  sparseCopy: boolean;
+  backupTargets: string[];
+}
+
+export interface TargetInfo {
+  name: string;
+  driver: string;
+  location: string;
+  default: boolean;
+}
+
+/** What each lookup answers. */
+export interface LookupResults {
+  volumes: VolumeView[];
+  volume: VolumeView;
+  snapshots: SnapshotInfo[];
+  snapshot: SnapshotInfo;
+  backups: { items: BackupView[]; next: string | null };
+  backup: BackupView & { targetDriver: string };
+  exportBackup: { backupId: string; target: string; record: string };
+  backends: BackendInfo[];
+  targets: TargetInfo[];
+}
+
+/** A volume attached to an instance: where its block device is. */
+export interface AttachedVolume extends VolumeView {
+  device: string;
+  node: string;
+}
+
+export const manageWorkflowIds = {
+  createVolume: (id: string) => `volume-create-${id}`,
+  deleteVolume: (id: string) => `volume-delete-${id}`,
+  importVolume: (id: string) => `volume-import-${id}`,
+  exportVolume: (id: string, nonce: string) => `volume-export-${id}-${nonce}`,
+  attachVolume: (id: string) => `volume-attach-${id}`,
+  detachVolume: (id: string) => `volume-detach-${id}`,
+  createSnapshot: (id: string) => `snapshot-create-${id}`,
+  deleteSnapshot: (id: string) => `snapshot-delete-${id}`,
+  importBackupRecord: (nonce: string) => `backup-import-${nonce}`,
+  /** One rebuild at a time: a second is refused while the first runs. */
+  rebuildCatalog: () => 'catalog-rebuild',
+  checkTargets: (nonce: string) => `target-check-${nonce}`,
+  lookup: (nonce: string) => `lookup-${nonce}`,
+};

@@ -132,7 +132,8 @@ describe('deploy/config.example.yaml', () => {
     const worker = compose.services['gbackup-worker'] as Service;
     const targets = (worker.volumes ?? []).map((v) => (typeof v === 'string' ? v.split(':')[1] : v.target));
     expect(targets).toContain(config.stateDir);
-    for (const backend of config.backends) {
+    expect(config.backends?.length).toBeGreaterThan(0);
+    for (const backend of config.backends ?? []) {
       expect(targets, `mount for backend ${backend.name}`).toContain(backend.path);
     }
   });

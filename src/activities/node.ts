@@ -15,6 +15,7 @@ import { BackendFull } from '../errors.js';
 import { backupToStore } from '../drivers/backup/backup.js';
 import { restoreFromStore } from '../drivers/backup/restore.js';
 import { type ChunkedTarget } from '../drivers/backup/target.js';
+import { createTransferActivities } from './transfer.js';
 
 export interface CopyHeartbeat {
   doneOffset: number;
@@ -47,6 +48,8 @@ export interface NodeDeps {
   notify?: (workflowId: string, p: CopyProgressSignal) => Promise<void>;
   /** Reads a per-backup limit set through the workflow's throttle update. */
   readLimit?: (workflowId: string) => Promise<number | undefined>;
+  /** Where volume import and export may read and write files on this node; undefined: anywhere. */
+  transferDirs?: readonly string[];
   /** The object targets (posix, s3) this node stores chunked backups in. */
   objectTarget?: (name: string) => Promise<ChunkedTarget>;
 }
@@ -152,6 +155,8 @@ export function createNodeActivities(deps: NodeDeps) {
   };
 
   return {
+    ...createTransferActivities(deps),
+
     async attachVolume(input: { connection: ConnectionInfo; role: 'source' | 'destination' }): Promise<{ device: string; node: string }> {
       await failpoint(`attach-${input.role}`);
       ledger.record({ protocol: input.connection.protocol, path: input.connection.path, backend: input.connection.backend, workflowId: ctx().info.workflowExecution?.workflowId ?? 'none' });

@@ -46,7 +46,7 @@ export interface PageRequest {
   limit: number;
 }
 
-export type NewVolume = Omit<VolumeView, 'createdAt' | 'updatedAt' | 'error' | 'instance'> & { error?: string | null; owner?: string | null };
+export type NewVolume = Omit<VolumeView, 'createdAt' | 'updatedAt' | 'error' | 'instance' | 'attachedNode'> & { error?: string | null; owner?: string | null };
 
 export interface NewBackup {
   id: string;
@@ -72,6 +72,8 @@ export interface VolumeTransition {
   error?: string | null;
   rememberPrevious?: boolean;
   instance?: string | null;
+  /** The node holding an instance attachment's block device. */
+  attachedNode?: string | null;
   owner?: string | null;
 }
 
@@ -127,7 +129,21 @@ export interface Catalog {
   countBackups(): Promise<number>;
   transitionBackup(id: string, from: readonly BackupStatus[], to: BackupStatus, fields?: BackupFields): Promise<BackupRecord>;
   deleteBackupRecord(id: string): Promise<void>;
+
+  /**
+   * Every row of a table with all its columns as stored (ordered by id), for copying a
+   * catalog to another database (migrate.ts): the views leave out columns such as owner
+   * and previous_status that a copy must keep. Sizes come back as numbers on both drivers.
+   */
+  dumpRows(table: CatalogTable): Promise<TableRow[]>;
+  /** Inserts rows as dumpRows gives them; a column the table does not have is refused. */
+  loadRows(table: CatalogTable, rows: readonly TableRow[]): Promise<void>;
 }
+
+export type CatalogTable = 'volumes' | 'snapshots' | 'backups';
+
+/** A row as the database stores it: column name to TEXT, INTEGER or NULL. */
+export type TableRow = Record<string, string | number | null>;
 
 /** The public view of a backup record (what `--json` prints). */
 export function backupView(b: BackupRecord): BackupView {

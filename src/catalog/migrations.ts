@@ -42,9 +42,13 @@ CREATE INDEX IF NOT EXISTS backups_parent ON backups(parent_id);
 CREATE INDEX IF NOT EXISTS snapshots_volume ON snapshots(volume_id);
 `;
 
+// An instance attachment lives on one node (its loop device is there): detach must go there.
+const v3 = 'ALTER TABLE volumes ADD COLUMN attached_node TEXT';
+
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: 'volumes, snapshots, backups', sql: { sqlite: v1('INTEGER'), postgres: v1('BIGINT') } },
   { version: 2, name: 'indexes for paged listings and dependents', sql: { sqlite: v2, postgres: v2 } },
+  { version: 3, name: 'node of an instance attachment', sql: { sqlite: v3, postgres: v3 } },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -5,8 +5,8 @@
  * atomic on SQLite and PostgreSQL alike without a read-then-write window.
  */
 import type { BackupStatus, VolumeStatus, VolumeView } from '../api.js';
-import { BackupNotFound, InvalidStatus, SnapshotNotFound, VolumeNotFound } from '../errors.js';
-import type { BackupFields, BackupLocation, BackupRecord, Catalog, NewBackup, NewVolume, Page, PageRequest, SnapshotView, VolumeTransition } from './catalog.js';
+import { BackupNotFound, InvalidInput, InvalidStatus, SnapshotNotFound, VolumeNotFound } from '../errors.js';
+import type { BackupFields, BackupLocation, BackupRecord, Catalog, CatalogTable, NewBackup, NewVolume, Page, PageRequest, SnapshotView, TableRow, VolumeTransition } from './catalog.js';
 
 export type Row = Record<string, unknown>;
 
@@ -27,6 +27,7 @@ function toVolume(r: Row): VolumeView {
     status: String(r.status) as VolumeStatus,
     error: str(r.error),
     instance: str(r.instance),
+    attachedNode: str(r.attached_node),
     createdAt: String(r.created_at),
     updatedAt: String(r.updated_at),
   };
@@ -145,6 +146,10 @@ export abstract class SqlCatalog implements Catalog {
     if (opts.instance !== undefined) {
       sets.push('instance = ?');
       params.push(opts.instance);
+    }
+    if (opts.attachedNode !== undefined) {
+      sets.push('attached_node = ?');
+      params.push(opts.attachedNode);
     }
     const r = await this.one(`UPDATE volumes SET ${sets.join(', ')} WHERE id = ? AND status IN (${placeholders(from.length)}) RETURNING *`, [...params, id, ...from]);
     if (r) return toVolume(r);
@@ -286,4 +291,102 @@ export abstract class SqlCatalog implements Catalog {
   async deleteBackupRecord(id: string): Promise<void> {
     await this.exec('DELETE FROM backups WHERE id = ?', [id]);
   }
+
+  // ---- raw rows, for copying a catalog to another database (migrate.ts) ---------------
+
+  async dumpRows(table: CatalogTable): Promise<TableRow[]> {
+    const columns = columnsOf(table);
+    const rows = await this.exec(`SELECT * FROM ${table} ORDER BY id`, []);
+    return rows.map((r) => {
+      // A column this list lacks would be lost by a copy, one it names but the table lacks
+      // would be invented: either means a migration changed the table and not TABLE_COLUMNS.
+      const names = Object.keys(r);
+      const differ = [...names.filter((n) => !columns.has(n)), ...[...columns.keys()].filter((n) => !names.includes(n))];
+      if (differ.length > 0) throw new Error(`${this.describe}: table ${table} and TABLE_COLUMNS in sql.ts differ in column(s) ${differ.join(', ')}`);
+      const out: TableRow = {};
+      for (const [name, kind] of columns) out[name] = cell(r[name], kind, table, name);
+      return out;
+    });
+  }
+
+  async loadRows(table: CatalogTable, rows: readonly TableRow[]): Promise<void> {
+    const columns = columnsOf(table);
+    // A few hundred rows per INSERT: far fewer round trips for a large catalog, and well under
+    // either database's limit on parameters per statement (SQLite 32766, PostgreSQL 65535).
+    const batch = 200;
+    for (let i = 0; i < rows.length; ) {
+      const names = Object.keys(rows[i]!);
+      if (names.length === 0) throw new InvalidInput(`a row for ${table} without columns`);
+      for (const n of names) if (!columns.has(n)) throw new InvalidInput(`table ${table} has no column '${n}'`);
+      const same = (r: TableRow) => Object.keys(r).join(',') === names.join(',');
+      const chunk: TableRow[] = [];
+      while (i < rows.length && chunk.length < batch && same(rows[i]!)) chunk.push(rows[i++]!);
+      const params = chunk.flatMap((r) => names.map((n) => cell(r[n], columns.get(n)!, table, n)));
+      const values = chunk.map(() => `(${placeholders(names.length)})`).join(',');
+      await this.exec(`INSERT INTO ${table} (${names.join(',')}) VALUES ${values}`, params);
+    }
+  }
+}
+
+/**
+ * The columns of each table and the kind of value each holds: the only names dumpRows and
+ * loadRows put into SQL. A migration that adds a column adds it here too (dumpRows refuses
+ * a table whose columns differ from this, rather than copy it without the new one).
+ */
+const TABLE_COLUMNS: Record<CatalogTable, Record<string, 'text' | 'int'>> = {
+  volumes: {
+    id: 'text',
+    name: 'text',
+    backend: 'text',
+    pool: 'text',
+    size: 'int',
+    status: 'text',
+    previous_status: 'text',
+    error: 'text',
+    instance: 'text',
+    owner: 'text',
+    created_at: 'text',
+    updated_at: 'text',
+    attached_node: 'text',
+  },
+  snapshots: { id: 'text', name: 'text', volume_id: 'text', backend: 'text', pool: 'text', size: 'int', status: 'text', backup_id: 'text', created_at: 'text' },
+  backups: {
+    id: 'text',
+    name: 'text',
+    volume_id: 'text',
+    snapshot_id: 'text',
+    target: 'text',
+    status: 'text',
+    size: 'int',
+    stored_bytes: 'int',
+    method: 'text',
+    node: 'text',
+    location: 'text',
+    error: 'text',
+    workflow_id: 'text',
+    source_previous_status: 'text',
+    parent_id: 'text',
+    created_at: 'text',
+    updated_at: 'text',
+  },
+};
+
+function columnsOf(table: string): Map<string, 'text' | 'int'> {
+  if (!Object.hasOwn(TABLE_COLUMNS, table)) throw new InvalidInput(`unknown catalog table '${table}' (volumes, snapshots, backups)`);
+  return new Map(Object.entries(TABLE_COLUMNS[table as CatalogTable]));
+}
+
+/**
+ * One value as both databases store it. node-postgres returns BIGINT as a string (it may
+ * exceed a JS number), so integers become numbers here, refused past 2^53 rather than rounded.
+ */
+function cell(v: unknown, kind: 'text' | 'int', table: string, column: string): string | number | null {
+  if (v === null || v === undefined) return null;
+  if (kind === 'text') {
+    if (typeof v !== 'string') throw new InvalidInput(`${table}.${column} must be text, got ${typeof v}`);
+    return v;
+  }
+  const n = typeof v === 'bigint' ? Number(v) : typeof v === 'string' || typeof v === 'number' ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n)) throw new InvalidInput(`${table}.${column} must be an integer up to 2^53, got '${String(v)}'`);
+  return n;
 }

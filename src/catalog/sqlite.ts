@@ -54,7 +54,9 @@ export class SqliteCatalog extends SqlCatalog {
     super();
     this.describe = `sqlite ${file}`;
     mkdirSync(dirname(file), { recursive: true });
-    this.db = new Database(file, { timeout: 15 });
+    // libsql's timeout is in milliseconds (as better-sqlite3's) and covers the journal_mode
+    // pragma below, which processes opening a new file together contend for.
+    this.db = new Database(file, { timeout: 15_000 });
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('busy_timeout = 15000');
     this.direct = runOn(this.db);
@@ -74,13 +76,21 @@ export class SqliteCatalog extends SqlCatalog {
     if (!opening) {
       opening = (async () => {
         const c = new SqliteCatalog(key);
-        await c.migrate();
+        try {
+          await c.migrate();
+        } catch (e) {
+          // Nobody will ever close an instance that was never handed out.
+          c.db.close();
+          throw e;
+        }
         return c;
       })();
       SqliteCatalog.open_.set(key, opening);
       void opening.catch(() => SqliteCatalog.open_.delete(key));
     }
     const c = await opening;
+    // Its last owner may have closed it while this call waited for it: open the file anew.
+    if (SqliteCatalog.open_.get(key) !== opening) return SqliteCatalog.open(file);
     c.refs++;
     return c;
   }

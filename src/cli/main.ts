@@ -1,27 +1,22 @@
 /**
- * The `gbackup` command. Volume management runs here against the catalog and the
- * backends; backups, restores and deletes run as Temporal workflows, which this
- * command starts, watches and cancels.
+ * The `gbackup` command. Every command is a Temporal workflow run by a control worker
+ * (backups, restores and deletes; volume, snapshot and catalog management; even lists),
+ * so this process needs only the Temporal connection: it works from any host that
+ * reaches Temporal. Only `worker`, `dev`, `demo` and `catalog migrate` do local work.
  *
  * Exit codes: 0 success, 1 the operation failed, 2 bad usage or invalid input.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import type { BackupResult, RestoreResult, VerifyResult } from '../api.js';
-import { exportBackup, importBackup } from '../services/records.js';
-import { backupView } from '../catalog/catalog.js';
 import { GbackupClient } from '../client/client.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
 import { GbackupError, InvalidInput, InvalidStatus } from '../errors.js';
-import { Runtime } from '../services/runtime.js';
 import { formatBytes, parseSize } from '../size.js';
-import { checkName, checkSize, Volumes } from '../services/volumes.js';
-import { Snapshots } from '../services/snapshots.js';
-import { rebuildCatalog } from '../services/rebuild.js';
-import { checkBackupSource, checkDeletable, checkIncrementalTarget, checkRestorable, checkRestoreOnto } from '../services/rules.js';
-import { checkTarget, describeCheck } from '../drivers/backup/check.js';
-import { describeTarget } from '../drivers/backup/stores/registry.js';
+import { checkName, checkSize } from '../services/volumes.js';
+import { describeCheck } from '../drivers/backup/check.js';
 import { makeOut, record, table, UsageError, type Out } from './output.js';
 import { showProgress } from './progress.js';
 import { runDemo, runDev, runWorker } from './serve.js';
@@ -80,6 +75,12 @@ function parse(argv: string[], options: Opts, positionals: { min: number; max: n
 }
 
 const str = (v: string | boolean | undefined) => (typeof v === 'string' ? v : undefined);
+/** An optional option that is a name or id: checked here, so nothing unchecked leaves this process. */
+function optName(values: Record<string, string | boolean | undefined>, key: string, what: string, kind: 'id' | 'name' = 'name'): string | undefined {
+  const v = str(values[key]);
+  return v === undefined ? undefined : checkName(v, what, kind);
+}
+const newId = (prefix: string) => `${prefix}-${randomBytes(6).toString('hex')}`;
 function need(values: Record<string, string | boolean | undefined>, key: string): string {
   const v = str(values[key]);
   if (v === undefined || v === '') throw new UsageError(`--${key} is required`);
@@ -88,15 +89,6 @@ function need(values: Record<string, string | boolean | undefined>, key: string)
 
 const VOLUME_COLUMNS = ['id', 'name', 'backend', 'pool', 'size', 'status'];
 const BACKUP_COLUMNS = ['id', 'volumeId', 'target', 'status', 'size', 'storedBytes', 'method', 'createdAt', 'error'];
-
-async function withRuntime<T>(config: LoadedConfig, fn: (rt: Runtime) => Promise<T>): Promise<T> {
-  const rt = await Runtime.open(config);
-  try {
-    return await fn(rt);
-  } finally {
-    await rt.close();
-  }
-}
 
 async function withClient<T>(config: LoadedConfig, fn: (c: GbackupClient) => Promise<T>): Promise<T> {
   const c = await GbackupClient.connect(config);
@@ -114,47 +106,62 @@ async function volumeCommand(sub: string | undefined, argv: string[], out: Out):
       const config = loadConfig(str(values.config));
       const size = checkSize(need(values, 'size'));
       const backend = checkName(need(values, 'backend'), 'backend');
-      const pool = str(values.pool) !== undefined ? checkName(str(values.pool)!, 'pool') : undefined;
-      const v = await withRuntime(config, (rt) => new Volumes(rt).create({ backend, pool, size, name: str(values.name) }));
+      const pool = optName(values, 'pool', 'pool');
+      const name = optName(values, 'name', 'volume name');
+      const v = await withClient(config, (c) => c.createVolume({ volumeId: newId('vol'), backend, size, ...(pool ? { pool } : {}), ...(name ? { name } : {}) }));
       return out.result(v, () => record({ ...v }));
     }
     case 'import': {
-      const { values } = parse(argv, { backend: { type: 'string' }, pool: { type: 'string' }, file: { type: 'string' }, name: { type: 'string' } }, { min: 0, max: 0, names: '' });
+      const { values } = parse(argv, { backend: { type: 'string' }, pool: { type: 'string' }, file: { type: 'string' }, name: { type: 'string' }, node: { type: 'string' } }, { min: 0, max: 0, names: '' });
       const config = loadConfig(str(values.config));
       const backend = checkName(need(values, 'backend'), 'backend');
-      const pool = str(values.pool) !== undefined ? checkName(str(values.pool)!, 'pool') : undefined;
-      const v = await withRuntime(config, (rt) => new Volumes(rt).import({ backend, pool, file: need(values, 'file'), name: str(values.name) }));
+      const pool = optName(values, 'pool', 'pool');
+      const name = optName(values, 'name', 'volume name');
+      const node = optName(values, 'node', 'node');
+      // The file is read on the node; a relative path means this shell's directory.
+      const file = resolve(need(values, 'file'));
+      const v = await withClient(config, (c) =>
+        c.importVolume({ volumeId: newId('vol'), backend, file, ...(pool ? { pool } : {}), ...(name ? { name } : {}), ...(node ? { node } : {}) }),
+      );
       return out.result(v, () => record({ ...v }));
     }
     case 'export': {
-      const { values, pos } = parse(argv, { file: { type: 'string' } }, { min: 1, max: 1, names: 'volume ID' });
+      const { values, pos } = parse(argv, { file: { type: 'string' }, node: { type: 'string' } }, { min: 1, max: 1, names: 'volume ID' });
       const config = loadConfig(str(values.config));
-      const r = await withRuntime(config, (rt) => new Volumes(rt).export(pos[0]!, need(values, 'file')));
-      return out.result({ volume: r.volume, file: r.file, bytes: r.bytes }, () => `exported ${r.volume.id} (${formatBytes(r.bytes)}) to ${r.file}`);
+      const volumeId = checkName(pos[0]!, 'volume id', 'id');
+      const node = optName(values, 'node', 'node');
+      const r = await withClient(config, (c) => c.exportVolume({ volumeId, file: resolve(need(values, 'file')), ...(node ? { node } : {}) }));
+      return out.result({ volume: r.volume, file: r.file, bytes: r.bytes, node: r.node }, () => `exported ${r.volume.id} (${formatBytes(r.bytes)}) to ${r.file} on node ${r.node}`);
     }
     case 'list': {
       const { values } = parse(argv, {}, { min: 0, max: 0, names: '' });
-      const vols = await withRuntime(loadConfig(str(values.config)), async (rt) => await rt.catalog.listVolumes());
+      const vols = await withClient(loadConfig(str(values.config)), (c) => c.lookup({ what: 'volumes' }));
       return out.result(vols, () => table(vols as unknown as Record<string, unknown>[], VOLUME_COLUMNS));
     }
     case 'show': {
       const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'volume ID' });
-      const v = await withRuntime(loadConfig(str(values.config)), async (rt) => await rt.catalog.volume(checkName(pos[0]!, 'volume id', 'id')));
+      const id = checkName(pos[0]!, 'volume id', 'id');
+      const v = await withClient(loadConfig(str(values.config)), (c) => c.lookup({ what: 'volume', id }));
       return out.result(v, () => record({ ...v }));
     }
     case 'delete': {
       const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'volume ID' });
-      const v = await withRuntime(loadConfig(str(values.config)), (rt) => new Volumes(rt).delete(pos[0]!));
+      const id = checkName(pos[0]!, 'volume id', 'id');
+      const v = await withClient(loadConfig(str(values.config)), (c) => c.deleteVolume(id));
       return out.result({ id: v.id, deleted: true }, () => `deleted volume ${v.id}`);
     }
     case 'attach': {
-      const { values, pos } = parse(argv, { instance: { type: 'string' } }, { min: 1, max: 1, names: 'volume ID' });
-      const v = await withRuntime(loadConfig(str(values.config)), (rt) => new Snapshots(rt).attach(pos[0]!, need(values, 'instance')));
-      return out.result(v, () => `${v.id} attached for instance ${v.instance} at ${v.device}`);
+      const { values, pos } = parse(argv, { instance: { type: 'string' }, node: { type: 'string' } }, { min: 1, max: 1, names: 'volume ID' });
+      const volumeId = checkName(pos[0]!, 'volume id', 'id');
+      const instance = checkName(need(values, 'instance'), 'instance');
+      const node = optName(values, 'node', 'node');
+      const v = await withClient(loadConfig(str(values.config)), (c) => c.attachVolume({ volumeId, instance, ...(node ? { node } : {}) }));
+      return out.result(v, () => `${v.id} attached for instance ${v.instance} at ${v.device} on node ${v.node}`);
     }
     case 'detach': {
       const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'volume ID' });
-      const v = await withRuntime(loadConfig(str(values.config)), (rt) => new Snapshots(rt).detach(pos[0]!));
+      const id = checkName(pos[0]!, 'volume id', 'id');
+      const v = await withClient(loadConfig(str(values.config)), (c) => c.detachVolume(id));
       return out.result(v, () => `${v.id} detached; now ${v.status}`);
     }
     default:
@@ -176,46 +183,37 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
       const snapshotId = str(values.snapshot) !== undefined ? checkName(str(values.snapshot)!, 'snapshot id', 'id') : undefined;
       const force = values.force === true;
       const name = str(values.name) !== undefined ? checkName(str(values.name)!, 'backup name') : undefined;
-      // Checked here for a clear answer at once; the workflow checks again, atomically.
-      const { target, volume } = await withRuntime(config, async (rt) => {
-        const t = rt.target(str(values.target));
-        checkIncrementalTarget(t, incremental);
-        const v = await rt.catalog.volume(volumeId);
-        checkBackupSource(v, snapshotId !== undefined ? await rt.catalog.snapshot(snapshotId) : null, force);
-        return { target: t, volume: v };
-      });
-      const backupId = `bak-${randomBytes(6).toString('hex')}`;
+      const target = optName(values, 'target', 'target');
+      const backupId = newId('bak');
       return withClient(config, async (c) => {
-        const handle = await c.startBackup(
-          { volumeId, backupId, target: target.name, ...(name ? { name } : {}), ...(force ? { force } : {}), ...(snapshotId ? { snapshotId } : {}), ...(incremental ? { incremental } : {}) },
-          { target: target.name, backend: volume.backend },
-        );
+        const handle = await c.startBackup({ volumeId, backupId, ...(target ? { target } : {}), ...(name ? { name } : {}), ...(force ? { force } : {}), ...(snapshotId ? { snapshotId } : {}), ...(incremental ? { incremental } : {}) });
+        // The workflow's own checks (atomic, on the control worker) answer bad input at once.
+        await c.accepted(handle);
         out.info(`backup ${backupId} of volume ${volumeId} started (workflow ${handle.workflowId})`);
-        if (!values.wait) return out.result({ id: backupId, volumeId, target: target.name, status: 'creating', workflowId: handle.workflowId }, () => backupId);
+        if (!values.wait) return out.result({ id: backupId, volumeId, target: target ?? null, status: 'creating', workflowId: handle.workflowId }, () => backupId);
         const r = await showProgress(c.result<BackupResult>(handle), () => c.progress(handle));
         return out.result(r.backup, () => record({ ...r.backup }));
       });
     }
     case 'list': {
       const { values } = parse(argv, { volume: { type: 'string' } }, { min: 0, max: 0, names: '' });
-      const list = await withRuntime(loadConfig(str(values.config)), async (rt) => (await rt.catalog.listBackups(str(values.volume))).map(backupView));
+      const volumeId = optName(values, 'volume', 'volume id', 'id');
+      const list = await withClient(loadConfig(str(values.config)), (c) => c.listBackups(volumeId));
       return out.result(list, () => table(list as unknown as Record<string, unknown>[], BACKUP_COLUMNS));
     }
     case 'show': {
       const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'backup ID' });
-      const b = await withRuntime(loadConfig(str(values.config)), async (rt) => backupView(await rt.catalog.backup(checkName(pos[0]!, 'backup id', 'id'))));
+      const id = checkName(pos[0]!, 'backup id', 'id');
+      const { targetDriver: _t, ...b } = await withClient(loadConfig(str(values.config)), (c) => c.lookup({ what: 'backup', id }));
       return out.result(b, () => record({ ...b }));
     }
     case 'delete': {
       const { values, pos } = parse(argv, { wait: { type: 'boolean' } }, { min: 1, max: 1, names: 'backup ID' });
       const config = loadConfig(str(values.config));
       const id = checkName(pos[0]!, 'backup id', 'id');
-      await withRuntime(config, async (rt) => {
-        const b = await rt.catalog.backup(id);
-        checkDeletable(b, await rt.catalog.dependentsOf(id));
-      });
       return withClient(config, async (c) => {
         const handle = await c.startDelete({ backupId: id });
+        await c.accepted(handle);
         // A verify schedule of a deleted backup would only fail from now on.
         await c.unscheduleVerify(id).catch(() => false);
         if (!values.wait) return out.result({ id, status: 'deleting', workflowId: handle.workflowId }, () => `deleting backup ${id}`);
@@ -227,9 +225,12 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
       const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'backup ID' });
       const config = loadConfig(str(values.config));
       const id = checkName(pos[0]!, 'backup id', 'id');
-      const b = await withRuntime(config, async (rt) => await rt.catalog.backup(id));
-      if (b.status !== 'creating' || !b.workflowId) throw new InvalidStatus(`backup '${id}' is '${b.status}'; only a backup being created can be cancelled`);
-      await withClient(config, (c) => c.cancel(b.workflowId!));
+      const b = await withClient(config, async (c) => {
+        const found = await c.lookup({ what: 'backup', id });
+        if (found.status !== 'creating' || !found.workflowId) throw new InvalidStatus(`backup '${id}' is '${found.status}'; only a backup being created can be cancelled`);
+        await c.cancel(found.workflowId);
+        return found;
+      });
       return out.result({ id, cancelled: true, workflowId: b.workflowId }, () => `cancel requested for backup ${id}`);
     }
     case 'throttle': {
@@ -243,9 +244,11 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
         if ('error' in r) throw new InvalidInput(r.error);
         bps = r.bytes;
       }
-      const b = await withRuntime(config, async (rt) => await rt.catalog.backup(id));
-      if (b.status !== 'creating' || !b.workflowId) throw new InvalidStatus(`backup '${id}' is '${b.status}'; only a running backup can be throttled`);
-      const now = await withClient(config, (c) => c.throttle(b.workflowId!, bps));
+      const now = await withClient(config, async (c) => {
+        const b = await c.lookup({ what: 'backup', id });
+        if (b.status !== 'creating' || !b.workflowId) throw new InvalidStatus(`backup '${id}' is '${b.status}'; only a running backup can be throttled`);
+        return c.throttle(b.workflowId, bps);
+      });
       return out.result({ id, bps: now }, () => `backup ${id}: copy limit ${now === null ? 'none' : `${formatBytes(now)}/s`}`);
     }
     case 'restore': {
@@ -264,17 +267,9 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
         ...(str(values.name) !== undefined ? { name: checkName(str(values.name)!, 'volume name') } : {}),
         ...(volumeId === undefined ? { newVolumeId: `vol-${randomBytes(6).toString('hex')}` } : {}),
       };
-      await withRuntime(config, async (rt) => {
-        const b = await rt.catalog.backup(backupId);
-        checkRestorable(b);
-        if (input.volumeId !== undefined) {
-          checkRestoreOnto(await rt.catalog.volume(input.volumeId), b);
-        } else {
-          rt.volumePlace(input.backend!, input.pool);
-        }
-      });
       return withClient(config, async (c) => {
         const handle = await c.startRestore(input);
+        await c.accepted(handle);
         out.info(`restore of backup ${backupId} started (workflow ${handle.workflowId})`);
         if (!values.wait) return out.result({ backupId, volumeId: input.volumeId ?? input.newVolumeId, status: 'restoring-backup', workflowId: handle.workflowId }, () => input.volumeId ?? input.newVolumeId!);
         const r = await showProgress(c.result<RestoreResult>(handle), () => c.progress(handle));
@@ -291,10 +286,8 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
         const removed = await withClient(config, (c) => c.unscheduleVerify(id));
         return out.result({ backupId: id, unscheduled: removed }, () => (removed ? `verify schedule of ${id} removed` : `backup ${id} had no verify schedule`));
       }
-      await withRuntime(config, async (rt) => {
-        const b = await rt.catalog.backup(id);
-        if (!rt.isObjectTarget(b.target)) throw new InvalidInput(`backup '${id}' is on volume target '${b.target}'; verify reads the chunk hashes of posix and s3 targets`);
-      });
+      const b = await withClient(config, (c) => c.lookup({ what: 'backup', id }));
+      if (b.targetDriver === 'volume') throw new InvalidInput(`backup '${id}' is on volume target '${b.target}'; verify reads the chunk hashes of posix and s3 targets`);
       if (cron !== undefined) {
         if (cron.trim() === '') throw new UsageError('--schedule needs a cron expression, such as "0 3 * * 0"');
         const r = await withClient(config, (c) => c.scheduleVerify(id, cron));
@@ -310,7 +303,7 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
     case 'export': {
       const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'backup ID' });
       const id = checkName(pos[0]!, 'backup id', 'id');
-      const r = await withRuntime(loadConfig(str(values.config)), (rt) => exportBackup(rt, id));
+      const r = await withClient(loadConfig(str(values.config)), (c) => c.lookup({ what: 'exportBackup', id }));
       return out.result(r, () => r.record);
     }
     case 'import': {
@@ -340,7 +333,7 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
         if (typeof rec !== 'string') throw new InvalidInput('the record is neither an exported record nor the JSON of `gbackup backup export --json`');
         text = rec;
       }
-      const b = await withRuntime(loadConfig(str(values.config)), (rt) => importBackup(rt, target, text));
+      const b = await withClient(loadConfig(str(values.config)), (c) => c.importBackupRecord({ target, record: text }));
       return out.result(b, () => record({ ...b }));
     }
     default:
@@ -352,22 +345,27 @@ async function snapshotCommand(sub: string | undefined, argv: string[], out: Out
   switch (sub) {
     case 'create': {
       const { values, pos } = parse(argv, { name: { type: 'string' } }, { min: 1, max: 1, names: 'VOLUME_ID' });
-      const s = await withRuntime(loadConfig(str(values.config)), (rt) => new Snapshots(rt).create(pos[0]!, str(values.name)));
+      const volumeId = checkName(pos[0]!, 'volume id', 'id');
+      const name = optName(values, 'name', 'snapshot name');
+      const s = await withClient(loadConfig(str(values.config)), (c) => c.createSnapshot({ volumeId, snapshotId: newId('snap'), ...(name ? { name } : {}) }));
       return out.result(s, () => record({ ...s }));
     }
     case 'list': {
       const { values } = parse(argv, { volume: { type: 'string' } }, { min: 0, max: 0, names: '' });
-      const list = await withRuntime(loadConfig(str(values.config)), async (rt) => await rt.catalog.listSnapshots(str(values.volume)));
+      const volumeId = optName(values, 'volume', 'volume id', 'id');
+      const list = await withClient(loadConfig(str(values.config)), (c) => c.lookup({ what: 'snapshots', ...(volumeId ? { volumeId } : {}) }));
       return out.result(list, () => table(list as unknown as Record<string, unknown>[], ['id', 'name', 'volumeId', 'backend', 'pool', 'size', 'status', 'backupId']));
     }
     case 'show': {
       const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'snapshot ID' });
-      const s = await withRuntime(loadConfig(str(values.config)), async (rt) => await rt.catalog.snapshot(checkName(pos[0]!, 'snapshot id', 'id')));
+      const id = checkName(pos[0]!, 'snapshot id', 'id');
+      const s = await withClient(loadConfig(str(values.config)), (c) => c.lookup({ what: 'snapshot', id }));
       return out.result(s, () => record({ ...s }));
     }
     case 'delete': {
       const { values, pos } = parse(argv, {}, { min: 1, max: 1, names: 'snapshot ID' });
-      const s = await withRuntime(loadConfig(str(values.config)), (rt) => new Snapshots(rt).delete(pos[0]!));
+      const id = checkName(pos[0]!, 'snapshot id', 'id');
+      const s = await withClient(loadConfig(str(values.config)), (c) => c.deleteSnapshot(id));
       return out.result({ id: s.id, deleted: true }, () => `deleted snapshot ${s.id}`);
     }
     default:
@@ -377,35 +375,10 @@ async function snapshotCommand(sub: string | undefined, argv: string[], out: Out
 
 async function backendCommand(sub: string | undefined, argv: string[], out: Out): Promise<void> {
   const { values, pos } = parse(argv, {}, { min: sub === 'show' ? 1 : 0, max: sub === 'show' ? 1 : 0, names: 'backend NAME' });
-  const config = loadConfig(str(values.config));
-  const rows = await withRuntime(config, async (rt) =>
-    Promise.all(
-      [...rt.drivers.values()]
-        .filter((d) => sub !== 'show' || d.backend === pos[0])
-        .map(async (d) => {
-          const caps = await d.capabilities();
-          const stats = await d.stats(d.pools[0] ?? null);
-          const targets = [...rt.targetPlaces].filter(([, p]) => p.backend === d.backend).map(([n, p]) => `${n}${p.pool ? `(${p.pool})` : ''}`);
-          return {
-            name: d.backend,
-            driver: d.driverName,
-            pools: d.pools.filter((p) => p !== null),
-            path: d.placeLocation(null),
-            totalBytes: stats.totalBytes,
-            freeBytes: stats.freeBytes,
-            snapshotMethod: caps.snapshotMethod,
-            storageAssistedBackup: caps.storageAssistedBackup,
-            sparseCopy: caps.sparseCopy,
-            backupTargets: targets,
-          };
-        }),
-    ),
-  );
-  if (sub === 'show') {
-    if (rows.length === 0) throw new InvalidInput(`backend '${pos[0]}' not found`);
-    return out.result(rows[0], () => record(rows[0]!));
-  }
-  if (sub !== 'list') throw new UsageError(`unknown backend command '${sub ?? ''}' (list, show)`);
+  if (sub !== 'list' && sub !== 'show') throw new UsageError(`unknown backend command '${sub ?? ''}' (list, show)`);
+  const name = sub === 'show' ? checkName(pos[0]!, 'backend') : undefined;
+  const rows = await withClient(loadConfig(str(values.config)), (c) => c.lookup({ what: 'backends', ...(name ? { name } : {}) }));
+  if (sub === 'show') return out.result(rows[0], () => record({ ...rows[0]! }));
   return out.result(rows, () =>
     table(
       rows.map((r) => ({ ...r, pools: r.pools.join(',') || '-', assisted: r.storageAssistedBackup ? 'yes' : 'no', sparse: r.sparseCopy ? 'yes' : 'no', targets: r.backupTargets.join(',') || '-' })),
@@ -428,35 +401,13 @@ async function targetCommand(sub: string | undefined, argv: string[], out: Out):
   switch (sub) {
     case 'list': {
       const { values } = parse(argv, {}, { min: 0, max: 0, names: '' });
-      const config = loadConfig(str(values.config));
-      const rows = config.targets.map((t) => ({
-        name: t.name,
-        driver: t.driver,
-        location: t.driver === 'volume' ? `${t.backend}${t.pool ? `/${t.pool}` : ''}` : describeTarget(t),
-        default: t.name === (config.defaultTarget ?? (config.targets.length === 1 ? t.name : undefined)),
-      }));
-      return out.result(rows, () => table(rows, ['name', 'driver', 'location', 'default']));
+      const rows = await withClient(loadConfig(str(values.config)), (c) => c.lookup({ what: 'targets' }));
+      return out.result(rows, () => table(rows as unknown as Record<string, unknown>[], ['name', 'driver', 'location', 'default']));
     }
     case 'check': {
       const { values, pos } = parse(argv, { 'create-bucket': { type: 'boolean' } }, { min: 0, max: 1, names: 'target NAME' });
-      const config = loadConfig(str(values.config));
-      const createBucket = values['create-bucket'] === true;
-      const checks = await withRuntime(config, async (rt) => {
-        const names = pos[0] !== undefined ? [rt.target(checkName(pos[0], 'target')).name] : config.targets.filter((t) => t.driver !== 'volume').map((t) => t.name);
-        if (names.length === 0) throw new InvalidInput(`no object targets (posix, s3) configured; volume targets are checked when the worker starts (same-storage rule, free space)`);
-        return Promise.all(
-          names.map(async (name) => {
-            const t = rt.target(name);
-            if (t.driver === 'volume') throw new InvalidInput(`target '${name}' is a volume target (backend '${t.backend}'); check works on posix and s3 targets`);
-            const target = await rt.objectTarget(name);
-            const make = target.store.createContainer?.bind(target.store);
-            if (createBucket && !make) throw new InvalidInput(`--create-bucket applies to s3 targets; target '${name}' is ${t.driver}, with no bucket to make`);
-            const created = createBucket && make ? await make() : false;
-            const c = await checkTarget(target);
-            return { ...c, createdBucket: c.createdBucket || created };
-          }),
-        );
-      });
+      const target = pos[0] !== undefined ? checkName(pos[0], 'target') : undefined;
+      const checks = await withClient(loadConfig(str(values.config)), (c) => c.checkTargets({ ...(target ? { target } : {}), ...(values['create-bucket'] === true ? { createBucket: true } : {}) }));
       for (const c of checks) out.info(describeCheck(c));
       const failed = checks.filter((c) => !c.ok);
       if (failed.length > 0) {
@@ -513,7 +464,7 @@ export async function main(rawArgv: string[]): Promise<number> {
       case 'catalog': {
         if (sub !== 'rebuild') throw new UsageError(`unknown catalog command '${sub ?? ''}' (rebuild)`);
         const { values } = parse(rest, {}, { min: 0, max: 0, names: '' });
-        const r = await withRuntime(loadConfig(str(values.config)), (rt) => rebuildCatalog(rt));
+        const r = await withClient(loadConfig(str(values.config)), (c) => c.rebuildCatalog());
         out.result(r, () => `imported ${r.imported.length} backup(s), ${r.alreadyKnown.length} already known${r.skipped.length ? `, skipped: ${r.skipped.map((x) => `${x.record} (${x.reason})`).join('; ')}` : ''}`);
         break;
       }

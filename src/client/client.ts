@@ -6,9 +6,24 @@
 import { Client, Connection, ScheduleAlreadyRunning, ScheduleNotFoundError, ScheduleOverlapPolicy, WorkflowExecutionAlreadyStartedError, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ActivityFailure, ApplicationFailure, CancelledFailure, TimeoutFailure } from '@temporalio/common';
 import {
+  MANAGE_WORKFLOWS,
+  manageWorkflowIds,
   SEARCH_ATTRIBUTES,
   WORKFLOWS,
   workflowIds,
+  type AttachedVolume,
+  type AttachVolumeInput,
+  type BackupView,
+  type CheckTargetsInput,
+  type CreateSnapshotInput,
+  type CreateVolumeInput,
+  type ExportVolumeInput,
+  type ImportBackupRecordInput,
+  type ImportVolumeInput,
+  type LookupInput,
+  type LookupResults,
+  type SnapshotInfo,
+  type VolumeView,
   type BackupResult,
   type BackupVolumeInput,
   type DeleteBackupInput,
@@ -21,6 +36,13 @@ import type { LoadedConfig } from '../config/load.js';
 import { BackupInProgress, GbackupError, InvalidInput, InvalidStatus, MissingSearchAttributes } from '../errors.js';
 import { missingMessage, missingSearchAttributes, refusedSearchAttribute } from '../workers/search-attributes.js';
 import { INPUT_ERROR_TYPES } from '../error-registry.js';
+import { temporalConnection, type TemporalSettings } from '../temporal/connection.js';
+
+import { randomBytes } from 'node:crypto';
+import type { TargetCheck } from '../drivers/backup/check.js';
+import type { RebuildReport } from '../services/rebuild.js';
+
+const nonce = () => randomBytes(6).toString('hex');
 
 /** A workflow's failure, carried back with the original error type. */
 export class WorkflowError extends GbackupError {
@@ -66,30 +88,131 @@ export class GbackupClient {
     return new MissingSearchAttributes(missingMessage(missing.length > 0 ? missing : [named], this.server, 'the server refused to start the workflow'));
   }
 
-  static async connect(config: { temporal: Pick<LoadedConfig['temporal'], 'address' | 'namespace' | 'taskQueue'> }): Promise<GbackupClient> {
-    const connection = await Connection.connect({ address: config.temporal.address, connectTimeout: '5s' }).catch((e: Error) => {
-      throw new GbackupError(`cannot reach Temporal at ${config.temporal.address}: ${e.message} (is 'gbackup dev' or a Temporal server running?)`);
+  /** `env`: where the TEMPORAL_* overrides come from (temporal/connection.ts). */
+  static async connect(config: { temporal: TemporalSettings & Pick<LoadedConfig['temporal'], 'taskQueue'> }, env?: Record<string, string | undefined>): Promise<GbackupClient> {
+    const t = temporalConnection(config.temporal, env);
+    // gRPC hides why a TLS handshake failed ("failed to connect before the deadline"): say where to look.
+    const hint = t.options.tls === false ? "is 'gbackup dev' or a Temporal server running?" : 'is the server up, and do temporal.tls / TEMPORAL_TLS_* (CA, server name, client certificate) match it?';
+    const connection = await Connection.connect({ ...t.options, connectTimeout: '5s' }).catch((e: Error) => {
+      throw new GbackupError(`cannot reach Temporal at ${t.describe}: ${e.message} (${hint})`);
     });
-    return new GbackupClient(new Client({ connection, namespace: config.temporal.namespace }), connection, config.temporal.taskQueue, config.temporal);
+    return new GbackupClient(new Client({ connection, namespace: t.namespace }), connection, config.temporal.taskQueue, { address: t.address, namespace: t.namespace });
   }
 
   async close(): Promise<void> {
     await this.connection.close();
   }
 
-  async startBackup(input: BackupVolumeInput & { backupId: string }, labels: { target: string; backend: string }): Promise<WorkflowHandle> {
+  // ---- management: each a short workflow on the control worker ---------------------------
+
+  /**
+   * Runs one management workflow to its end. `busy` words the refusal when a workflow of
+   * that id runs already (one create/delete/attach per volume at a time).
+   */
+  private async manage<R>(type: string, workflowId: string, input: unknown, summary: string, busy?: string): Promise<R> {
+    let handle: WorkflowHandle;
+    try {
+      handle = await this.client.workflow.start(type, { taskQueue: this.taskQueue, workflowId, args: [input], staticSummary: summary });
+    } catch (e) {
+      if (e instanceof WorkflowExecutionAlreadyStartedError) throw new InvalidStatus(busy ?? `an operation with workflow id ${workflowId} is already running`);
+      throw await this.explainRefusal(e);
+    }
+    return this.result<R>(handle);
+  }
+
+  /** A read-only question to the catalog (or the configured world), answered by a control worker. */
+  async lookup<W extends LookupInput['what']>(q: Extract<LookupInput, { what: W }>): Promise<LookupResults[W]> {
+    return this.manage<LookupResults[W]>(MANAGE_WORKFLOWS.lookup, manageWorkflowIds.lookup(nonce()), q, `Look up ${q.what}`);
+  }
+
+  /** Every backup (or a volume's), fetched page by page. */
+  async listBackups(volumeId?: string): Promise<BackupView[]> {
+    const all: BackupView[] = [];
+    let after: string | null = null;
+    do {
+      const page: LookupResults['backups'] = await this.lookup({ what: 'backups', ...(volumeId !== undefined ? { volumeId } : {}), ...(after !== null ? { after } : {}) });
+      all.push(...page.items);
+      after = page.next;
+    } while (after !== null);
+    return all;
+  }
+
+  createVolume(input: CreateVolumeInput): Promise<VolumeView> {
+    return this.manage(MANAGE_WORKFLOWS.createVolume, manageWorkflowIds.createVolume(input.volumeId), input, `Create volume ${input.volumeId} on ${input.backend}${input.pool ? `/${input.pool}` : ''}`);
+  }
+
+  deleteVolume(volumeId: string): Promise<VolumeView> {
+    return this.manage(MANAGE_WORKFLOWS.deleteVolume, manageWorkflowIds.deleteVolume(volumeId), { volumeId }, `Delete volume ${volumeId}`, `volume '${volumeId}' is already being deleted`);
+  }
+
+  importVolume(input: ImportVolumeInput): Promise<VolumeView> {
+    return this.manage(MANAGE_WORKFLOWS.importVolume, manageWorkflowIds.importVolume(input.volumeId), input, `Import ${input.file} into a new volume ${input.volumeId} on ${input.backend}`);
+  }
+
+  exportVolume(input: ExportVolumeInput): Promise<{ volume: VolumeView; file: string; bytes: number; node: string }> {
+    return this.manage(MANAGE_WORKFLOWS.exportVolume, manageWorkflowIds.exportVolume(input.volumeId, nonce()), input, `Export volume ${input.volumeId} to ${input.file}`);
+  }
+
+  attachVolume(input: AttachVolumeInput): Promise<AttachedVolume> {
+    return this.manage(MANAGE_WORKFLOWS.attachVolume, manageWorkflowIds.attachVolume(input.volumeId), input, `Attach volume ${input.volumeId} for instance ${input.instance}`, `volume '${input.volumeId}' is already being attached`);
+  }
+
+  detachVolume(volumeId: string): Promise<VolumeView> {
+    return this.manage(MANAGE_WORKFLOWS.detachVolume, manageWorkflowIds.detachVolume(volumeId), { volumeId }, `Detach volume ${volumeId}`, `volume '${volumeId}' is already being detached`);
+  }
+
+  createSnapshot(input: CreateSnapshotInput): Promise<SnapshotInfo> {
+    return this.manage(MANAGE_WORKFLOWS.createSnapshot, manageWorkflowIds.createSnapshot(input.snapshotId), input, `Snapshot volume ${input.volumeId} as ${input.snapshotId}`);
+  }
+
+  deleteSnapshot(snapshotId: string): Promise<SnapshotInfo> {
+    return this.manage(MANAGE_WORKFLOWS.deleteSnapshot, manageWorkflowIds.deleteSnapshot(snapshotId), { snapshotId }, `Delete snapshot ${snapshotId}`, `snapshot '${snapshotId}' is already being deleted`);
+  }
+
+  importBackupRecord(input: ImportBackupRecordInput): Promise<BackupView> {
+    return this.manage(MANAGE_WORKFLOWS.importBackupRecord, manageWorkflowIds.importBackupRecord(nonce()), input, `Import a backup record into target ${input.target}`);
+  }
+
+  rebuildCatalog(): Promise<RebuildReport> {
+    return this.manage(MANAGE_WORKFLOWS.rebuildCatalog, manageWorkflowIds.rebuildCatalog(), {}, 'Rebuild the catalog from the records in every target', 'a catalog rebuild is already running');
+  }
+
+  checkTargets(input: CheckTargetsInput): Promise<TargetCheck[]> {
+    return this.manage(MANAGE_WORKFLOWS.checkTargets, manageWorkflowIds.checkTargets(nonce()), input, `Check target${input.target ? ` ${input.target}` : 's'}`);
+  }
+
+  /**
+   * Waits until a just started backup, restore or delete has passed its validating step,
+   * so a caller that does not wait for the end still hears at once of bad input (the
+   * workflow's own atomic checks, not a second copy of them here).
+   */
+  async accepted(handle: WorkflowHandle): Promise<void> {
+    for (let i = 0; ; i++) {
+      const d = await handle.describe();
+      if (d.status.name !== 'RUNNING') {
+        await this.result(handle);
+        return;
+      }
+      const p = await this.progress(handle);
+      if (p && p.phase !== 'starting' && p.phase !== 'validating' && !p.phase.startsWith('failed')) return;
+      await new Promise((r) => setTimeout(r, Math.min(200, 20 * (i + 1))));
+    }
+  }
+
+  async startBackup(input: BackupVolumeInput & { backupId: string }, labels: { target?: string; backend?: string } = {}): Promise<WorkflowHandle> {
     const workflowId = workflowIds.backup(input.volumeId);
     try {
       return await this.client.workflow.start(WORKFLOWS.backupVolume, {
         taskQueue: this.taskQueue,
         workflowId,
         args: [input],
-        staticSummary: `Back up volume ${input.volumeId} to target ${labels.target} as backup ${input.backupId}`,
+        staticSummary: `Back up volume ${input.volumeId} to ${input.target ?? labels.target ? `target ${input.target ?? labels.target}` : 'the default target'} as backup ${input.backupId}`,
         typedSearchAttributes: [
           { key: SEARCH_ATTRIBUTES.volumeId, value: input.volumeId },
           { key: SEARCH_ATTRIBUTES.backupId, value: input.backupId },
-          { key: SEARCH_ATTRIBUTES.target, value: labels.target },
-          { key: SEARCH_ATTRIBUTES.backend, value: labels.backend },
+          // The workflow sets target and backend itself once it has resolved them.
+          ...(labels.target ?? input.target ? [{ key: SEARCH_ATTRIBUTES.target, value: (labels.target ?? input.target)! }] : []),
+          ...(labels.backend ? [{ key: SEARCH_ATTRIBUTES.backend, value: labels.backend }] : []),
           { key: SEARCH_ATTRIBUTES.status, value: 'creating' },
         ],
       });

@@ -20,7 +20,10 @@ targets:
 defaultTarget: vault
 `;
 
-export interface LoadedConfig extends Config {
+export interface LoadedConfig extends Omit<Config, 'backends' | 'targets'> {
+  /** Empty in a client's config (only the Temporal connection); a worker refuses to start so. */
+  backends: NonNullable<Config['backends']>;
+  targets: NonNullable<Config['targets']>;
   /** Where the config came from, for messages. */
   source: string;
   /** Always present after loading: the default is one node, this host, reaching every backend. */
@@ -57,13 +60,14 @@ export function parseConfig(text: string, source: string, baseDir: string): Load
     source,
     temporal: resolveTemporalPaths(c.temporal, abs),
     stateDir: abs(c.stateDir),
+    ...(c.transferDirs !== undefined ? { transferDirs: c.transferDirs.map(abs) } : {}),
     catalog:
       c.catalog.driver === 'sqlite'
         ? { driver: 'sqlite', file: abs(c.catalog.file ?? join(c.stateDir, 'catalog.sqlite')) }
         : { ...c.catalog, ...(c.catalog.passwordFile !== undefined ? { passwordFile: abs(c.catalog.passwordFile) } : {}) },
-    backends: c.backends.map((b) => ({ ...b, path: abs(b.path) })),
-    targets: c.targets.map((t) => (t.driver === 'volume' ? t : resolveTargetPaths(t, baseDir))),
-    nodes: c.nodes ?? [{ name: defaultNodeName(), backends: c.backends.map((b) => b.name) }],
+    backends: (c.backends ?? []).map((b) => ({ ...b, path: abs(b.path) })),
+    targets: (c.targets ?? []).map((t) => (t.driver === 'volume' ? t : resolveTargetPaths(t, baseDir))),
+    nodes: c.nodes ?? (c.backends ? [{ name: defaultNodeName(), backends: c.backends.map((b) => b.name) }] : []),
   };
 }
 

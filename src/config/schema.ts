@@ -98,8 +98,18 @@ export const Config = z
     /** Catalog, node ledgers and other local state. Relative paths are relative to the config file. */
     stateDir: dirPath.default('./var'),
     catalog: CatalogConfig.default({ driver: 'sqlite' }),
-    backends: z.array(Backend).min(1, 'at least one backend is needed'),
-    targets: z.array(Target).min(1, 'at least one backup target is needed'),
+    /**
+     * Directories on the nodes where `volume import` may read and `volume export` may write
+     * (paths resolved, symlinks followed). Unset: any absolute path, as root: set it wherever
+     * people other than the node's operators can start workflows.
+     */
+    transferDirs: z.array(dirPath).min(1).optional(),
+    /**
+     * Backends and targets are what a worker serves. A config without them is a client's:
+     * the CLI needs only the Temporal connection, since every command runs on a worker.
+     */
+    backends: z.array(Backend).min(1, 'at least one backend is needed').optional(),
+    targets: z.array(Target).min(1, 'at least one backup target is needed').optional(),
     defaultTarget: nameSchema('defaultTarget').optional(),
     /** Nodes and the backends each reaches; default: this host reaching every backend. */
     nodes: z.array(NodeConfig).min(1).optional(),
@@ -129,11 +139,14 @@ export const Config = z
         seen.add(it.name);
       });
     };
-    unique(c.backends, 'backends');
-    unique(c.targets, 'targets');
+    unique(c.backends ?? [], 'backends');
+    unique(c.targets ?? [], 'targets');
     if (c.nodes) unique(c.nodes, 'nodes');
-    const backends = new Map(c.backends.map((b) => [b.name, b]));
-    c.targets.forEach((t, i) => {
+    if ((c.backends === undefined) !== (c.targets === undefined)) {
+      ctx.addIssue({ code: 'custom', path: [c.backends === undefined ? 'backends' : 'targets'], message: 'a worker config needs both backends and targets (a client config neither)' });
+    }
+    const backends = new Map((c.backends ?? []).map((b) => [b.name, b]));
+    (c.targets ?? []).forEach((t, i) => {
       if (t.driver !== 'volume') return;
       const b = backends.get(t.backend);
       if (!b) {
@@ -142,7 +155,7 @@ export const Config = z
         ctx.addIssue({ code: 'custom', path: ['targets', i, 'pool'], message: `backend '${b.name}' has no pool '${t.pool}' (pools: ${(b.pools ?? []).join(', ') || 'none'})` });
       }
     });
-    if (c.defaultTarget !== undefined && !c.targets.some((t) => t.name === c.defaultTarget)) {
+    if (c.defaultTarget !== undefined && !(c.targets ?? []).some((t) => t.name === c.defaultTarget)) {
       ctx.addIssue({ code: 'custom', path: ['defaultTarget'], message: `unknown target '${c.defaultTarget}'` });
     }
     c.nodes?.forEach((n, i) =>

@@ -7,7 +7,7 @@
 import type { VolumeView } from '../api.js';
 import type { SnapshotView } from '../catalog/catalog.js';
 import { Connectors } from '../connectors/registry.js';
-import { InvalidStatus } from '../errors.js';
+import { InvalidInput, InvalidStatus } from '../errors.js';
 import type { Runtime } from './runtime.js';
 import { checkName, newId } from './volumes.js';
 
@@ -18,12 +18,20 @@ export class Snapshots {
     return new Connectors(this.rt.allRoots());
   }
 
-  async create(volumeId: string, name?: string): Promise<SnapshotView> {
+  /**
+   * `id` chosen by the caller (the workflow), so a retried step finds the snapshot its
+   * earlier attempt made: an available one is the answer, a 'creating' one is finished.
+   */
+  async create(volumeId: string, name?: string, id: string = newId('snap')): Promise<SnapshotView> {
     const cat = this.rt.catalog;
     const v = await cat.volume(checkName(volumeId, 'volume id', 'id'));
-    if (v.status !== 'available' && v.status !== 'in-use') throw new InvalidStatus(`volume '${v.id}' is '${v.status}'; a snapshot needs it 'available' or 'in-use'`);
-    const id = newId('snap');
-    await cat.insertSnapshot({ id, name: name ? checkName(name, 'snapshot name') : id, volumeId: v.id, backend: v.backend, pool: v.pool, size: v.size, status: 'creating', backupId: null });
+    const existing = await cat.findSnapshot(checkName(id, 'snapshot id', 'id'));
+    if (existing && (existing.volumeId !== v.id || existing.status === 'deleting' || existing.status === 'error')) throw new InvalidInput(`snapshot id '${id}' is already used`);
+    if (existing?.status === 'available') return existing;
+    if (!existing) {
+      if (v.status !== 'available' && v.status !== 'in-use') throw new InvalidStatus(`volume '${v.id}' is '${v.status}'; a snapshot needs it 'available' or 'in-use'`);
+      await cat.insertSnapshot({ id, name: name ? checkName(name, 'snapshot name') : id, volumeId: v.id, backend: v.backend, pool: v.pool, size: v.size, status: 'creating', backupId: null });
+    }
     try {
       await this.rt.driver(v.backend).createSnapshot({ pool: v.pool, name: v.id }, { pool: v.pool, name: id });
     } catch (e) {
@@ -32,7 +40,7 @@ export class Snapshots {
       throw e;
     }
     await cat.setSnapshotStatus(id, 'available');
-    return await cat.snapshot(id);
+    return cat.snapshot(id);
   }
 
   async delete(id: string): Promise<SnapshotView> {

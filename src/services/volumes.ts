@@ -36,15 +36,23 @@ export class Volumes {
     return new Connectors(this.rt.allRoots());
   }
 
-  async create(input: { backend: string; pool?: string; size: number; name?: string; id?: string; keepCreating?: boolean }): Promise<VolumeView> {
+  /**
+   * `owner`: the workflow making the volume. Its retried step finds its own 'creating'
+   * record and finishes the job instead of calling the id taken.
+   */
+  async create(input: { backend: string; pool?: string; size: number; name?: string; id?: string; keepCreating?: boolean; owner?: string }): Promise<VolumeView> {
     const id = input.id ? checkName(input.id, 'volume id', 'id') : newId('vol');
     const name = input.name ? checkName(input.name, 'volume name') : id;
     const pool = this.rt.volumePlace(input.backend, input.pool);
     const driver = this.rt.driver(input.backend);
-    await (driver as { checkSpace?: (p: string | null, s: number) => Promise<void> }).checkSpace?.(pool, input.size);
     const cat = this.rt.catalog;
-    if (await cat.findVolume(id)) throw new InvalidInput(`volume id '${id}' is already used`);
-    await cat.insertVolume({ id, name, backend: input.backend, pool, size: input.size, status: 'creating' });
+    const existing = await cat.findVolume(id);
+    const retry = existing !== null && input.owner !== undefined && existing.status === 'creating' && (await cat.volumeOwner(id)) === input.owner;
+    if (existing && !retry) throw new InvalidInput(`volume id '${id}' is already used`);
+    if (!retry) {
+      await (driver as { checkSpace?: (p: string | null, s: number) => Promise<void> }).checkSpace?.(pool, input.size);
+      await cat.insertVolume({ id, name, backend: input.backend, pool, size: input.size, status: 'creating', owner: input.owner ?? null });
+    }
     try {
       await driver.createVolume({ pool, name: id }, input.size);
     } catch (e) {
@@ -53,6 +61,15 @@ export class Volumes {
       throw e;
     }
     return input.keepCreating ? await cat.volume(id) : await cat.transitionVolume(id, ['creating'], 'available');
+  }
+
+  /** Undo of a create: the half-made volume and its record go (only while 'creating', only the owner's). */
+  async discard(id: string, owner: string): Promise<void> {
+    const cat = this.rt.catalog;
+    const v = await cat.findVolume(id);
+    if (!v || v.status !== 'creating' || (await cat.volumeOwner(id)) !== owner) return;
+    await this.rt.driver(v.backend).deleteVolume({ pool: v.pool, name: v.id });
+    await cat.deleteVolumeRecord(id);
   }
 
   /** A new volume holding the file's bytes (size rounded up to whole MiB, zero-filled). */
@@ -95,9 +112,12 @@ export class Volumes {
     return { volume: vol, file, bytes: vol.size };
   }
 
-  async delete(id: string): Promise<VolumeView> {
+  /** `owner`: the deleting workflow, whose retry may find the volume 'deleting' already. */
+  async delete(id: string, owner?: string): Promise<VolumeView> {
     const cat = this.rt.catalog;
-    const vol = await cat.transitionVolume(checkName(id, 'volume id', 'id'), ['available', 'error'], 'deleting');
+    const current = await cat.volume(checkName(id, 'volume id', 'id'));
+    const resumed = owner !== undefined && current.status === 'deleting' && (await cat.volumeOwner(id)) === owner;
+    const vol = resumed ? current : await cat.transitionVolume(id, ['available', 'error'], 'deleting', { owner: owner ?? null });
     const driver = this.rt.driver(vol.backend);
     try {
       await this.connector().disconnectVolume(driver.initializeConnection({ pool: vol.pool, name: vol.id }));

@@ -11,6 +11,7 @@ import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { nodeTaskQueue } from '../api.js';
 import { createControlActivities } from '../activities/control.js';
+import { createManageActivities } from '../activities/manage.js';
 import { createNodeActivities } from '../activities/node.js';
 import type { LoadedConfig } from '../config/load.js';
 import { Connectors } from '../connectors/registry.js';
@@ -18,11 +19,13 @@ import { Throttle } from '../copy/throttle.js';
 import { AttachmentLedger } from '../node/ledger.js';
 import { reconcileLedger } from '../node/reconcile.js';
 import { Runtime } from '../services/runtime.js';
+import { InvalidConfig } from '../errors.js';
 import { sweepAbandoned, sweepTempSnapshots } from './sweeps.js';
 import { keepAlive } from './keepalive.js';
 import { reportRetries, type StepFailure } from './retries.js';
 import { ensureSearchAttributes } from './search-attributes.js';
 import { checkTarget, describeCheck } from '../drivers/backup/check.js';
+import { temporalConnection } from '../temporal/connection.js';
 
 /** The workflows directory, as .ts under vitest/tsx and as .js when built. */
 export function workflowsPath(): string {
@@ -51,6 +54,8 @@ export interface WorkerOptions {
   /** A pre-built workflow bundle (tests build it once for many workers). */
   workflowBundle?: WorkflowBundle;
   log?: (msg: string) => void;
+  /** Where the TEMPORAL_* overrides come from (temporal/connection.ts); default process.env. */
+  env?: Record<string, string | undefined>;
 }
 
 export interface RunningWorkers {
@@ -64,15 +69,21 @@ export interface RunningWorkers {
 export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers> {
   const { config } = opts;
   const log = opts.log ?? ((m: string) => process.stderr.write(`${m}\n`));
+  // A missing certificate or key file is named before anything is opened.
+  const temporal = temporalConnection(config.temporal, opts.env);
   // Refuses a config that breaks the same-storage rule before anything polls.
-  const runtime = await Runtime.open(config);
+  if (config.backends.length === 0) {
+    throw new InvalidConfig(`config ${config.source} has no backends and targets: it can drive the CLI, but a worker serves backends (add backends:, targets:)`);
+  }
+  const roles = { control: opts.roles?.control ?? true, node: opts.roles?.node ?? true };
+  // A node-only worker attaches and copies; the catalog is the control role's.
+  const runtime = await Runtime.open(config, { catalog: roles.control });
   const node = opts.node ?? config.nodes[0]!.name;
   runtime.node(node);
-  const roles = { control: opts.roles?.control ?? true, node: opts.roles?.node ?? true };
 
-  const connection = await NativeConnection.connect({ address: config.temporal.address });
-  const clientConnection = await Connection.connect({ address: config.temporal.address });
-  const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
+  const connection = await NativeConnection.connect(temporal.options);
+  const clientConnection = await Connection.connect(temporal.options);
+  const client = new Client({ connection: clientConnection, namespace: temporal.namespace });
   const workers: Worker[] = [];
   // Progress signals and limit queries are best effort: a short deadline stops gRPC from
   // retrying them for long (say, while the server restarts), and shutdown waits for the
@@ -120,15 +131,15 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
   try {
     if (roles.control) {
       // Before anything polls: the workflows upsert these, and a start without them is refused.
-      const added = await ensureSearchAttributes(clientConnection, { address: config.temporal.address, namespace: config.temporal.namespace, register: config.temporal.registerSearchAttributes });
-      if (added.length > 0) log(`gbackup worker: registered search attributes ${added.join(', ')} in namespace '${config.temporal.namespace}'`);
+      const added = await ensureSearchAttributes(clientConnection, { address: temporal.address, namespace: temporal.namespace, register: config.temporal.registerSearchAttributes });
+      if (added.length > 0) log(`gbackup worker: registered search attributes ${added.join(', ')} in namespace '${temporal.namespace}'`);
       workers.push(
         await Worker.create({
           connection,
-          namespace: config.temporal.namespace,
+          namespace: temporal.namespace,
           taskQueue: config.temporal.taskQueue,
           ...workflowSource(opts.workflowBundle),
-          activities: createControlActivities(runtime),
+          activities: { ...createControlActivities(runtime), ...createManageActivities(runtime) },
           // After a worker dies, its cached workflows wait this long before another worker
           // takes them over (default 10 s).
           stickyQueueScheduleToStartTimeout: '3 seconds',
@@ -171,7 +182,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
       workers.push(
         await Worker.create({
           connection,
-          namespace: config.temporal.namespace,
+          namespace: temporal.namespace,
           taskQueue: nodeTaskQueue(config.temporal.taskQueue, node),
           interceptors: { activity: [keepAlive, retries] },
           // The copy's offset reaches the server at least every second: a resume after
@@ -183,6 +194,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
             ledger,
             throttle: new Throttle(config.copyBpsLimit),
             blockSize: config.copyBlockSize,
+            ...(config.transferDirs !== undefined ? { transferDirs: config.transferDirs } : {}),
             notify: (workflowId, p) => sideCall(() => client.workflow.getHandle(workflowId).signal('copyProgress', p)),
             readLimit: async (workflowId) => (await sideCall(() => client.workflow.getHandle(workflowId).query<number | null>('copyLimit'))) ?? undefined,
             objectTarget: (name) => runtime.objectTarget(name),
@@ -199,7 +211,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
     throw e;
   }
 
-  for (const line of started) log(`gbackup worker: ${line}, Temporal ${config.temporal.address} namespace '${config.temporal.namespace}'`);
+  for (const line of started) log(`gbackup worker: ${line}, Temporal ${temporal.describe} namespace '${temporal.namespace}'`);
   // Object targets this host cannot use are worth a warning now, not a failed backup at 3 am;
   // checked in the background, so an unreachable store does not hold up polling.
   void Promise.all(
@@ -222,7 +234,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
     clearInterval(reconcileTimer);
     clearInterval(sweepTimer);
     ledger?.close();
-    runtime.close();
+    await runtime.close();
     await connection.close();
     await clientConnection.close();
   });

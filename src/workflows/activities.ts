@@ -16,11 +16,15 @@
  *   compensations detach its devices.
  */
 import { ActivityCancellationType, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
-import type { ControlActivities } from '../activities/control.js';
+import type { ControlActivities as CoreControlActivities } from '../activities/control.js';
+import type { ManageActivities } from '../activities/manage.js';
 import type { NodeActivities } from '../activities/node.js';
 import { NON_RETRYABLE_ERROR_TYPES } from '../error-registry.js';
 import { nodeTaskQueue } from '../api.js';
 import type { Timeouts } from '../activities/plans.js';
+
+/** Everything on the control queue: the backup/restore steps and volume/catalog management. */
+type ControlActivities = CoreControlActivities & ManageActivities;
 
 const retry = {
   initialInterval: '1 second',

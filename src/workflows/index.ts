@@ -3,3 +3,4 @@ export { backupVolume } from './backup.js';
 export { restoreBackup } from './restore.js';
 export { deleteBackup } from './delete.js';
 export { verifyBackup } from './verify.js';
+export { lookup, createVolume, deleteVolume, importVolume, exportVolume, attachVolume, detachVolume, createSnapshot, deleteSnapshot, importBackupRecord, rebuildCatalog, checkTargets } from './manage.js';
