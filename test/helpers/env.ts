@@ -19,6 +19,7 @@ import { Runtime } from '../../src/services/runtime.js';
 import { Volumes } from '../../src/services/volumes.js';
 import { startWorkers, type RunningWorkers } from '../../src/workers/worker.js';
 import { MiB } from '../../src/size.js';
+import { freshDatabase } from './postgres.js';
 
 let loggerInstalled = false;
 /** Worker logs at ERROR (expected activity failures are WARN), so test output shows what matters. */
@@ -62,12 +63,20 @@ export const yamlWith =
   (dir: string, taskQueue: string, address: string): string =>
     `${DEFAULT_YAML(dir, taskQueue, address)}${extra}\n`;
 
-export async function makeEnv(opts: { yaml?: (dir: string, taskQueue: string, address: string) => string; workers?: boolean; address?: string } = {}): Promise<TestEnv> {
+/** The catalog line of a test world on the suite's PostgreSQL: a fresh database of its own. */
+export async function postgresCatalogYaml(): Promise<string> {
+  const db = await freshDatabase();
+  return `catalog: { driver: postgres, url: '${db.url}', passwordFile: '${db.passwordFile}' }\n`;
+}
+
+export async function makeEnv(
+  opts: { yaml?: (dir: string, taskQueue: string, address: string) => string; workers?: boolean; address?: string; catalog?: 'sqlite' | 'postgres' } = {},
+): Promise<TestEnv> {
   quietTemporal();
   const dir = mkdtempSync(join(tmpdir(), 'gbackup-test-'));
   const taskQueue = `t-${randomBytes(4).toString('hex')}`;
   const address = opts.address ?? inject('temporalAddress');
-  const yaml = (opts.yaml ?? DEFAULT_YAML)(dir, taskQueue, address);
+  const yaml = (opts.yaml ?? DEFAULT_YAML)(dir, taskQueue, address) + (opts.catalog === 'postgres' ? await postgresCatalogYaml() : '');
   const configFile = join(dir, 'config.yaml');
   writeFileSync(configFile, yaml);
   const config = parseConfig(yaml, configFile, dir);
