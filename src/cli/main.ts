@@ -10,6 +10,9 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import { openCatalog } from '../catalog/open.js';
+import { migrateCatalog } from '../catalog/migrate.js';
 import type { BackupResult, RestoreResult, VerifyResult } from '../api.js';
 import { GbackupClient } from '../client/client.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
@@ -52,7 +55,9 @@ usage: gbackup [--config FILE] [--json] COMMAND ...
                                         target (every object target when NAME is absent)?
                                         --create-bucket makes a missing S3 bucket first
   catalog rebuild            re-import backups from the records stored in every target
-  worker [--node NAME]       run this host's worker (control + node roles)
+  catalog migrate --from FILE   copy an SQLite catalog (stateDir/catalog.sqlite) into the
+                             config's PostgreSQL catalog; counts and statuses checked
+  worker [--node NAME] [--role control|node|both]   run this host's worker (default both roles)
   dev                        Temporal dev server (with UI) + worker, in one terminal
   demo                       dev server, worker, and a backup/restore across three backends
 
@@ -421,6 +426,36 @@ async function targetCommand(sub: string | undefined, argv: string[], out: Out):
   }
 }
 
+/**
+ * `catalog migrate --from FILE`: copies an embedded SQLite catalog into the config's
+ * PostgreSQL catalog, once, when moving a one-host deployment to several hosts. The one
+ * command that talks to the databases itself: it runs on the host that has the old file,
+ * with the control workers stopped (else the file may change under it).
+ */
+async function catalogMigrate(argv: string[], out: Out): Promise<void> {
+  const { values } = parse(argv, { from: { type: 'string' } }, { min: 0, max: 0, names: '' });
+  const config = loadConfig(str(values.config));
+  const file = resolve(need(values, 'from'));
+  if (config.catalog.driver !== 'postgres') throw new InvalidInput(`catalog migrate copies into a PostgreSQL catalog; config ${config.source} has catalog.driver '${config.catalog.driver}'`);
+  if (!existsSync(file)) throw new InvalidInput(`--from '${file}' does not exist (the old catalog is stateDir/catalog.sqlite)`);
+  const from = await openCatalog({ driver: 'sqlite', file });
+  try {
+    const to = await openCatalog(config.catalog);
+    try {
+      const r = await migrateCatalog(from, to);
+      out.result({ from: from.describe, to: to.describe, ...r }, () =>
+        r.alreadyMigrated
+          ? `already migrated: ${to.describe} holds the same ${r.volumes} volume(s), ${r.snapshots} snapshot(s), ${r.backups} backup(s)`
+          : `migrated ${r.volumes} volume(s), ${r.snapshots} snapshot(s), ${r.backups} backup(s) from ${from.describe} to ${to.describe}; counts and statuses checked`,
+      );
+    } finally {
+      await to.close();
+    }
+  } finally {
+    await from.close();
+  }
+}
+
 /** Global options may stand anywhere; they are moved behind the command for its parser. */
 function hoistGlobals(argv: string[]): string[] {
   const globals: string[] = [];
@@ -462,15 +497,22 @@ export async function main(rawArgv: string[]): Promise<number> {
         await targetCommand(sub, rest, out);
         break;
       case 'catalog': {
-        if (sub !== 'rebuild') throw new UsageError(`unknown catalog command '${sub ?? ''}' (rebuild)`);
+        if (sub === 'migrate') {
+          await catalogMigrate(rest, out);
+          break;
+        }
+        if (sub !== 'rebuild') throw new UsageError(`unknown catalog command '${sub ?? ''}' (rebuild, migrate)`);
         const { values } = parse(rest, {}, { min: 0, max: 0, names: '' });
         const r = await withClient(loadConfig(str(values.config)), (c) => c.rebuildCatalog());
         out.result(r, () => `imported ${r.imported.length} backup(s), ${r.alreadyKnown.length} already known${r.skipped.length ? `, skipped: ${r.skipped.map((x) => `${x.record} (${x.reason})`).join('; ')}` : ''}`);
         break;
       }
       case 'worker': {
-        const { values } = parse([sub, ...rest].filter((x): x is string => x !== undefined), { node: { type: 'string' } }, { min: 0, max: 0, names: '' });
-        await runWorker(loadConfig(str(values.config)), str(values.node));
+        const { values } = parse([sub, ...rest].filter((x): x is string => x !== undefined), { node: { type: 'string' }, role: { type: 'string' } }, { min: 0, max: 0, names: '' });
+        // Hosts of a multi-host control plane split the roles: control hosts reach the catalog, node hosts the storage.
+        const role = str(values.role) ?? 'both';
+        if (role !== 'control' && role !== 'node' && role !== 'both') throw new UsageError(`--role must be control, node or both, not '${role}'`);
+        await runWorker(loadConfig(str(values.config)), str(values.node), role);
         break;
       }
       case 'dev': {

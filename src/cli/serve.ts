@@ -23,9 +23,9 @@ function untilSignal(): Promise<string> {
   });
 }
 
-export async function runWorker(config: LoadedConfig, node?: string): Promise<void> {
+export async function runWorker(config: LoadedConfig, node?: string, role: 'control' | 'node' | 'both' = 'both'): Promise<void> {
   installLogger();
-  const w = await startWorkers({ config, node });
+  const w = await startWorkers({ config, node, roles: { control: role !== 'node', node: role !== 'control' } });
   const stop = untilSignal().then(() => w.shutdown());
   await Promise.race([w.done, stop]);
 }
@@ -102,7 +102,8 @@ defaultTarget: vault
     const image = join(dir, 'demo-source.img');
     await writeDemoImage(image, size);
     const volumes = new Volumes(rt);
-    const source = await volumes.import({ backend: 'alpha', pool: 'gold', file: image, name: 'demo-source' });
+    // Through Temporal, as every command goes: the control worker makes the volume, a node fills it.
+    const source = await client.importVolume({ volumeId: `vol-${randomBytes(6).toString('hex')}`, backend: 'alpha', pool: 'gold', file: image, name: 'demo-source' });
     say(`demo: volume ${source.id} on alpha/gold, ${formatBytes(source.size)} (12 MiB of random data, the rest holes)`);
 
     const backupId = `bak-${randomBytes(6).toString('hex')}`;
