@@ -120,7 +120,11 @@ export class PostgresCatalog extends SqlCatalog {
     });
   }
 
+  private closed = false;
+
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     await this.pool.end();
   }
 

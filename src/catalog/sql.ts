@@ -80,7 +80,7 @@ function parseCursor(c: string): [string, string] {
   } catch {
     // falls through to the error below
   }
-  throw new InvalidStatus(`invalid page cursor '${c}'`);
+  throw new InvalidInput(`invalid page cursor '${c}': give the 'next' of the previous page`);
 }
 
 /**
@@ -386,7 +386,8 @@ function cell(v: unknown, kind: 'text' | 'int', table: string, column: string): 
     if (typeof v !== 'string') throw new InvalidInput(`${table}.${column} must be text, got ${typeof v}`);
     return v;
   }
-  const n = typeof v === 'bigint' ? Number(v) : typeof v === 'string' || typeof v === 'number' ? Number(v) : NaN;
-  if (!Number.isSafeInteger(n)) throw new InvalidInput(`${table}.${column} must be an integer up to 2^53, got '${String(v)}'`);
+  if (typeof v !== 'bigint' && typeof v !== 'string' && typeof v !== 'number') throw new InvalidInput(`${table}.${column} must be an integer, got ${typeof v}`);
+  const n = Number(v);
+  if (!Number.isSafeInteger(n)) throw new InvalidInput(`${table}.${column} must be an integer up to 2^53, got '${v}'`);
   return n;
 }
