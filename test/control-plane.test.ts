@@ -105,6 +105,18 @@ describe('every command through Temporal', () => {
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });
 
+  it('says so when no control worker serves the queue, instead of waiting forever, and leaves no workflow running', async () => {
+    const lonely = join(env.dir, 'lonely.yaml');
+    const queue = `nobody-${Date.now()}`;
+    writeFileSync(lonely, `temporal: { address: ${env.config.temporal.address}, namespace: default, taskQueue: ${queue} }\n`);
+    const r = await gb(lonely, 'volume', 'list');
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(new RegExp(`no gbackup control worker polls task queue '${queue}'`));
+    const running: string[] = [];
+    for await (const w of env.client.client.workflow.list({ query: `TaskQueue = '${queue}' AND ExecutionStatus = 'Running'` })) running.push(w.workflowId);
+    expect(running).toEqual([]);
+  });
+
   it('a worker will not start from a client-only config, and says why', async () => {
     const r = await execa('node', [BIN, '--config', clientConfig, 'worker'], { reject: false, timeout: 30_000 });
     expect(r.exitCode).toBe(2);

@@ -398,7 +398,9 @@ describe('gbackup CLI with object targets', () => {
     expect(exp1.json).toMatchObject({ backupId: first.json.id, target: 'shelf' });
     expect(exp2.stdout.trim()).toMatch(/^[A-Za-z0-9_-]+$/);
 
+    // Another deployment over the same store: its own catalog and its own worker, which runs the imports.
     const fresh = await freshCatalogOverShelf();
+    await fresh.startWorkers();
     try {
       const recFile = join(fresh.dir, 'first.json');
       writeFileSync(recFile, exp1.stdout);
@@ -413,5 +415,6 @@ describe('gbackup CLI with object targets', () => {
     } finally {
       await fresh.cleanup();
     }
-  });
+    // Some twenty CLI processes, each a node start plus a workflow: slow on a loaded machine.
+  }, 300_000);
 });

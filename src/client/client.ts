@@ -43,6 +43,8 @@ import type { TargetCheck } from '../drivers/backup/check.js';
 import type { RebuildReport } from '../services/rebuild.js';
 
 const nonce = () => randomBytes(6).toString('hex');
+/** How long a command waits for a worker before it asks whether there is one at all. */
+const NO_WORKER_AFTER_MS = 5000;
 
 /** A workflow's failure, carried back with the original error type. */
 export class WorkflowError extends GbackupError {
@@ -117,7 +119,46 @@ export class GbackupClient {
       if (e instanceof WorkflowExecutionAlreadyStartedError) throw new InvalidStatus(busy ?? `an operation with workflow id ${workflowId} is already running`);
       throw await this.explainRefusal(e);
     }
-    return this.result<R>(handle);
+    return this.resultOrNoWorker<R>(handle);
+  }
+
+  /**
+   * Whether any worker polls our control queue. A command whose workflow no worker picks
+   * up would otherwise wait forever; asked only when the answer is slow in coming.
+   */
+  async hasControlWorker(): Promise<boolean> {
+    const r = await this.client.workflowService.describeTaskQueue({
+      namespace: this.server.namespace,
+      // temporal.api.enums.v1: TASK_QUEUE_KIND_NORMAL = 1, TASK_QUEUE_TYPE_WORKFLOW = 1.
+      taskQueue: { name: this.taskQueue, kind: 1 },
+      taskQueueType: 1,
+    });
+    return (r.pollers ?? []).length > 0;
+  }
+
+  /**
+   * The result; but a workflow still unstarted after a few seconds with no worker on the
+   * queue is terminated (it has done nothing yet) and reported, instead of waiting forever.
+   */
+  private async resultOrNoWorker<R>(handle: WorkflowHandle): Promise<R> {
+    const result = this.result<R>(handle);
+    let timer: NodeJS.Timeout | undefined;
+    const watchdog = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        void (async () => {
+          const d = await handle.describe();
+          if (d.status.name !== 'RUNNING' || (d.historyLength ?? 0) > 3 || (await this.hasControlWorker())) return;
+          await handle.terminate('no gbackup control worker polls this task queue').catch(() => undefined);
+          reject(new GbackupError(`no gbackup control worker polls task queue '${this.taskQueue}' in namespace '${this.server.namespace}' at ${this.server.address}: start one with 'gbackup worker' (its config names the same task queue)`));
+        })().catch(() => undefined);
+      }, NO_WORKER_AFTER_MS);
+    });
+    try {
+      return await Promise.race([result, watchdog]);
+    } finally {
+      clearTimeout(timer);
+      result.catch(() => undefined);
+    }
   }
 
   /** A read-only question to the catalog (or the configured world), answered by a control worker. */
