@@ -109,9 +109,11 @@ describe('every command through Temporal', () => {
     const lonely = join(env.dir, 'lonely.yaml');
     const queue = `nobody-${Date.now()}`;
     writeFileSync(lonely, `temporal: { address: ${env.config.temporal.address}, namespace: default, taskQueue: ${queue} }\n`);
-    const r = await gb(lonely, 'volume', 'list');
-    expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(new RegExp(`no gbackup control worker polls task queue '${queue}'`));
+    for (const args of [['volume', 'list'], ['backup', 'create', 'vol-000000000000']]) {
+      const r = await gb(lonely, ...args);
+      expect(r.code, args.join(' ')).toBe(1);
+      expect(r.stderr, args.join(' ')).toMatch(new RegExp(`no gbackup control worker polls task queue '${queue}'`));
+    }
     const running: string[] = [];
     for await (const w of env.client.client.workflow.list({ query: `TaskQueue = '${queue}' AND ExecutionStatus = 'Running'` })) running.push(w.workflowId);
     expect(running).toEqual([]);

@@ -122,6 +122,12 @@ export class GbackupClient {
     return this.resultOrNoWorker<R>(handle);
   }
 
+  private noWorker(): GbackupError {
+    return new GbackupError(
+      `no gbackup control worker polls task queue '${this.taskQueue}' in namespace '${this.server.namespace}' at ${this.server.address}: start one with 'gbackup worker' (its config names the same task queue)`,
+    );
+  }
+
   /**
    * Whether any worker polls our control queue. A command whose workflow no worker picks
    * up would otherwise wait forever; asked only when the answer is slow in coming.
@@ -148,8 +154,9 @@ export class GbackupClient {
         void (async () => {
           const d = await handle.describe();
           if (d.status.name !== 'RUNNING' || (d.historyLength ?? 0) > 3 || (await this.hasControlWorker())) return;
+          // Rejected first: the terminate makes the result reject too, with a vaguer message.
+          reject(this.noWorker());
           await handle.terminate('no gbackup control worker polls this task queue').catch(() => undefined);
-          reject(new GbackupError(`no gbackup control worker polls task queue '${this.taskQueue}' in namespace '${this.server.namespace}' at ${this.server.address}: start one with 'gbackup worker' (its config names the same task queue)`));
         })().catch(() => undefined);
       }, NO_WORKER_AFTER_MS);
     });
@@ -228,13 +235,23 @@ export class GbackupClient {
    * workflow's own atomic checks, not a second copy of them here).
    */
   async accepted(handle: WorkflowHandle): Promise<void> {
+    const started = Date.now();
     for (let i = 0; ; i++) {
       const d = await handle.describe();
       if (d.status.name !== 'RUNNING') {
         await this.result(handle);
         return;
       }
-      const p = await this.progress(handle);
+      if (Date.now() - started > NO_WORKER_AFTER_MS && (d.historyLength ?? 0) <= 3 && !(await this.hasControlWorker())) {
+        await handle.terminate('no gbackup control worker polls this task queue').catch(() => undefined);
+        throw this.noWorker();
+      }
+      // Nothing to ask before a worker has run the first workflow task (a query would wait for one).
+      if ((d.historyLength ?? 0) <= 3) {
+        await new Promise((r) => setTimeout(r, Math.min(200, 20 * (i + 1))));
+        continue;
+      }
+      const p = await this.client.withDeadline(Date.now() + 2000, () => this.progress(handle));
       if (p && p.phase !== 'starting' && p.phase !== 'validating' && !p.phase.startsWith('failed')) return;
       await new Promise((r) => setTimeout(r, Math.min(200, 20 * (i + 1))));
     }

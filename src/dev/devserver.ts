@@ -81,6 +81,11 @@ export async function portIsFree(port: number): Promise<boolean> {
 
 export async function startDevServer(opts: DevServerOptions): Promise<DevServer> {
   const ip = opts.ip ?? '127.0.0.1';
+  // The dev server binds all its services to --ip but has them dial each other at 127.0.0.1:
+  // on any other single address it listens and then fails every call, so say so at once.
+  if (!['127.0.0.1', 'localhost', '0.0.0.0'].includes(ip)) {
+    throw new Error(`the Temporal dev server cannot listen on ${ip} alone (its services reach each other at 127.0.0.1); use 127.0.0.1, or 0.0.0.0 for every address`);
+  }
   const port = opts.port ?? (await freePort());
   const uiPort = opts.uiPort === null ? null : (opts.uiPort ?? (await freePort()));
   mkdirSync(dirname(opts.dbFile), { recursive: true });

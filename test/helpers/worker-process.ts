@@ -15,14 +15,27 @@ export interface WorkerProcess {
   output(): string;
   /** True while the process runs. */
   alive(): boolean;
+  /** The running process's pid (a worker's Temporal identity is `<pid>@<host>`). */
+  pid(): number | undefined;
   kill(): Promise<void>;
   stop(): Promise<void>;
   start(): Promise<void>;
   setFailpoints(spec: string): void;
 }
 
-export function workerProcess(opts: { dir: string; configFile: string; node?: string; name?: string }): WorkerProcess {
+export function workerProcess(opts: {
+  dir: string;
+  configFile: string;
+  node?: string;
+  name?: string;
+  /** `worker --role` (default: both roles). */
+  role?: 'control' | 'node' | 'both';
+  /** A command the worker runs under, e.g. `['ip', 'netns', 'exec', ns]` (it must exec node, keeping the pid). */
+  wrap?: string[];
+}): WorkerProcess {
   const tag = opts.name ?? opts.node ?? 'worker';
+  // A worker logs one line per role once it polls; a control-only one has no node line.
+  const ready = opts.role === 'control' ? 'gbackup worker: control' : 'gbackup worker: node';
   const bundle = join(opts.dir, `bundle-${tag}.js`);
   const failpoints = join(opts.dir, `failpoints-${tag}`);
   writeFileSync(bundle, inject('workflowCode'));
@@ -32,12 +45,14 @@ export function workerProcess(opts: { dir: string; configFile: string; node?: st
   const wp: WorkerProcess = {
     output: () => out,
     alive: () => proc !== undefined && proc.exitCode === null && proc.signalCode === null,
+    pid: () => proc?.pid,
     setFailpoints(spec) {
       writeFileSync(failpoints, spec);
     },
     async start() {
-      const args = [BIN, 'worker', '--config', opts.configFile, ...(opts.node ? ['--node', opts.node] : [])];
-      proc = execa('node', args, {
+      const args = [BIN, 'worker', '--config', opts.configFile, ...(opts.node ? ['--node', opts.node] : []), ...(opts.role ? ['--role', opts.role] : [])];
+      const [cmd, ...argv] = [...(opts.wrap ?? []), process.execPath, ...args];
+      proc = execa(cmd!, argv, {
         reject: false,
         stdin: 'ignore',
         env: { GBACKUP_WORKFLOW_BUNDLE: bundle, GBACKUP_FAILPOINTS_FILE: failpoints, GBACKUP_LOG_LEVEL: 'WARN' },
@@ -49,14 +64,14 @@ export function workerProcess(opts: { dir: string; configFile: string; node?: st
         p.stderr?.on('data', (d: Buffer) => {
           out += d.toString();
           mine += d.toString();
-          if (mine.includes('gbackup worker: node')) {
+          if (mine.includes(ready)) {
             clearTimeout(t);
             resolve();
           }
         });
         void p.then(() => {
           clearTimeout(t);
-          if (!mine.includes('gbackup worker: node')) reject(new Error(`worker ${tag} exited: ${mine}`));
+          if (!mine.includes(ready)) reject(new Error(`worker ${tag} exited: ${mine}`));
         });
       });
     },
