@@ -5,20 +5,10 @@
  * transition is one conditional UPDATE (`... WHERE status IN (...)`), atomic on both, so
  * two workers, on one host or on several, can never both claim a volume.
  */
-import type { BackupStatus, BackupView, VolumeStatus, VolumeView } from '../api.js';
+import type { BackupStatus, BackupView, SnapshotInfo, VolumeStatus, VolumeView } from '../api.js';
 
-export interface SnapshotView {
-  id: string;
-  name: string;
-  volumeId: string;
-  backend: string;
-  pool: string | null;
-  size: number;
-  status: 'creating' | 'available' | 'deleting' | 'error';
-  /** Set for a temporary snapshot a backup took of an in-use volume. */
-  backupId: string | null;
-  createdAt: string;
-}
+/** A snapshot as the catalog keeps it (the public shape, api.ts). */
+export type SnapshotView = SnapshotInfo;
 
 /** Where a backup's bytes live: a volume on a backend (generic target). */
 export interface BackupLocation {
@@ -48,16 +38,9 @@ export interface PageRequest {
 
 export type NewVolume = Omit<VolumeView, 'createdAt' | 'updatedAt' | 'error' | 'instance' | 'attachedNode'> & { error?: string | null; owner?: string | null };
 
-export interface NewBackup {
-  id: string;
-  name: string;
-  volumeId: string;
-  snapshotId: string | null;
-  target: string;
-  status: BackupStatus;
-  size: number;
+/** A backup row to insert: the identity fields of the view, plus what an import or a migration keeps. */
+export type NewBackup = Pick<BackupView, 'id' | 'name' | 'volumeId' | 'snapshotId' | 'target' | 'status' | 'size' | 'workflowId'> & {
   location: BackupLocation | null;
-  workflowId: string | null;
   sourcePreviousStatus: VolumeStatus | null;
   parentId?: string | null;
   /** Kept as given by a migration or an import; now otherwise. */
@@ -66,7 +49,7 @@ export interface NewBackup {
   method?: string | null;
   node?: string | null;
   error?: string | null;
-}
+};
 
 export interface VolumeTransition {
   error?: string | null;
