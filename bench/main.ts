@@ -26,7 +26,6 @@ import { execa } from 'execa';
 import type { BackupResult, RestoreResult } from '../src/api.js';
 import { GbackupClient } from '../src/client/client.js';
 import { parseConfig } from '../src/config/load.js';
-import { listLoopDevices } from '../src/connectors/loop.js';
 import { copyExtents } from '../src/copy/dd.js';
 import { dataExtents } from '../src/copy/extents.js';
 import { repoRoot, startDevServer, temporalBinary, type DevServer } from '../src/dev/devserver.js';
@@ -36,6 +35,8 @@ import { Volumes } from '../src/services/volumes.js';
 import { sha256File } from '../src/copy/checksum.js';
 import { startWorkers, type RunningWorkers } from '../src/workers/worker.js';
 import { installLogger } from '../src/workers/logging.js';
+import { tsMs } from './history.js';
+import { cleanupStep, detachLoopsUnder } from './cleanup.js';
 
 const GiB = 1024 * MiB;
 /** BENCH_SIZE_GIB=n: larger volumes show how the fixed cost of a workflow amortizes. */
@@ -188,15 +189,6 @@ async function engineLoop(srcImage: string, scratchDir: string, blockSize: numbe
 // ---------------------------------------------------------------------------------------------
 // Workflow timing from its history: how long the copy activity ran inside the wall clock.
 
-interface Ts {
-  seconds?: { toNumber(): number } | number | null;
-  nanos?: number | null;
-}
-const tsMs = (t: Ts | null | undefined): number => {
-  if (!t) return NaN;
-  const s = typeof t.seconds === 'number' ? t.seconds : (t.seconds?.toNumber() ?? 0);
-  return s * 1000 + (t.nanos ?? 0) / 1e6;
-};
 
 interface Timeline {
   /** First to last history event, as the server saw it. */
@@ -260,21 +252,13 @@ interface World {
 let cleaned: Promise<void> | null = null;
 function cleanup(w: World): Promise<void> {
   cleaned ??= (async () => {
-    const step = async (what: string, fn: () => unknown) => {
-      try {
-        await fn();
-      } catch (e) {
-        say(`cleanup: ${what} failed: ${(e as Error).message}`);
-      }
-    };
+    const step = cleanupStep(say);
     await step('client', () => w.client?.close());
     await step('workers', () => w.workers?.shutdown());
     await step('runtime', () => w.rt?.close());
     await step('server', () => w.server?.stop());
     for (const d of [...ourDevices]) await step(`detach ${d}`, () => detach(d));
-    await step('loop devices', async () => {
-      for (const d of await listLoopDevices()) if (d.backingFile.startsWith(`${w.dir}/`)) await execa('losetup', ['--detach', d.device], { reject: false });
-    });
+    await step('loop devices', () => detachLoopsUnder(w.dir));
     await step('temp dir', () => rmSync(w.dir, { recursive: true, force: true }));
   })();
   return cleaned;
