@@ -11,18 +11,21 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { existsSync } from 'node:fs';
-import { openCatalog } from '../catalog/open.js';
-import { migrateCatalog } from '../catalog/migrate.js';
 import type { BackupResult, RestoreResult, VerifyResult } from '../api.js';
 import { GbackupClient } from '../client/client.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
 import { GbackupError, InvalidInput, InvalidStatus } from '../errors.js';
 import { formatBytes, parseSize } from '../size.js';
-import { checkName, checkSize } from '../services/volumes.js';
+import { checkName, checkSize } from '../services/checks.js';
 import { describeCheck } from '../drivers/backup/check.js';
 import { makeOut, record, table, UsageError, type Out } from './output.js';
 import { showProgress } from './progress.js';
-import { runDemo, runDev, runWorker } from './serve.js';
+/**
+ * What only `worker`, `dev`, `demo` and `catalog migrate` need (the Temporal worker's native
+ * bridge, the database drivers) is loaded by those commands alone: every other command is a
+ * Temporal client call, and a CLI start-up that loads none of it is most of its latency.
+ */
+const serve = () => import('./serve.js');
 
 const USAGE = `gbackup: back up and restore block volumes between any storage backends
 
@@ -438,6 +441,7 @@ async function catalogMigrate(argv: string[], out: Out): Promise<void> {
   const file = resolve(need(values, 'from'));
   if (config.catalog.driver !== 'postgres') throw new InvalidInput(`catalog migrate copies into a PostgreSQL catalog; config ${config.source} has catalog.driver '${config.catalog.driver}'`);
   if (!existsSync(file)) throw new InvalidInput(`--from '${file}' does not exist (the old catalog is stateDir/catalog.sqlite)`);
+  const [{ openCatalog }, { migrateCatalog }] = await Promise.all([import('../catalog/open.js'), import('../catalog/migrate.js')]);
   const from = await openCatalog({ driver: 'sqlite', file });
   try {
     const to = await openCatalog(config.catalog);
@@ -512,17 +516,17 @@ export async function main(rawArgv: string[]): Promise<number> {
         // Hosts of a multi-host control plane split the roles: control hosts reach the catalog, node hosts the storage.
         const role = str(values.role) ?? 'both';
         if (role !== 'control' && role !== 'node' && role !== 'both') throw new UsageError(`--role must be control, node or both, not '${role}'`);
-        await runWorker(loadConfig(str(values.config)), str(values.node), role);
+        await (await serve()).runWorker(loadConfig(str(values.config)), str(values.node), role);
         break;
       }
       case 'dev': {
         const { values } = parse([sub, ...rest].filter((x): x is string => x !== undefined), { 'ui-port': { type: 'string' }, port: { type: 'string' } }, { min: 0, max: 0, names: '' });
-        await runDev(loadConfig(str(values.config)), { port: str(values.port), uiPort: str(values['ui-port']) });
+        await (await serve()).runDev(loadConfig(str(values.config)), { port: str(values.port), uiPort: str(values['ui-port']) });
         break;
       }
       case 'demo': {
         const { values } = parse([sub, ...rest].filter((x): x is string => x !== undefined), { 'keep-running': { type: 'boolean' }, size: { type: 'string' } }, { min: 0, max: 0, names: '' });
-        await runDemo({ keepRunning: values['keep-running'] === true ? true : undefined, size: str(values.size) });
+        await (await serve()).runDemo({ keepRunning: values['keep-running'] === true ? true : undefined, size: str(values.size) });
         break;
       }
       default:

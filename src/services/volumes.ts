@@ -3,31 +3,19 @@
  * where the backends are reachable (a gbackup node) and keep the catalog and the
  * storage in step: a failure undoes the half-made volume and its record.
  */
-import { randomBytes } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { execa } from 'execa';
-import { idSchema, nameSchema, type VolumeView } from '../api.js';
+import type { VolumeView } from '../api.js';
 import { Connectors } from '../connectors/registry.js';
 import { copyExtents } from '../copy/dd.js';
 import { copyExtentsOf, dataExtents } from '../copy/extents.js';
-import { InvalidInput, InvalidName, InvalidSize, InvalidStatus } from '../errors.js';
+import { InvalidInput, InvalidStatus } from '../errors.js';
 import type { Runtime } from './runtime.js';
-import { MiB, parseSize, roundUp } from '../size.js';
+import { checkName, newId } from './checks.js';
+import { MiB, roundUp } from '../size.js';
 
-export const newId = (prefix: string) => `${prefix}-${randomBytes(6).toString('hex')}`;
-
-export function checkName(value: string, what: string, kind: 'id' | 'name' = 'name'): string {
-  const r = (kind === 'id' ? idSchema(what) : nameSchema(what)).safeParse(value);
-  if (!r.success) throw new InvalidName(r.error.issues[0]?.message ?? `invalid ${what}`);
-  return r.data;
-}
-
-export function checkSize(text: string): number {
-  const r = parseSize(text);
-  if ('error' in r) throw new InvalidSize(r.error);
-  if (r.bytes % MiB !== 0) throw new InvalidSize(`size must be a whole number of MiB (direct I/O and loop devices need it), got ${r.bytes} bytes`);
-  return r.bytes;
-}
+// Checks of what callers send live apart (checks.ts), so the CLI loads them without the copy engine.
+export { checkName, checkSize, newId } from './checks.js';
 
 export class Volumes {
   constructor(private readonly rt: Runtime) {}

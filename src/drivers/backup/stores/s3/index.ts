@@ -2,12 +2,12 @@
 import { defineStore } from '../plugin.js';
 import { S3Target } from './config.js';
 import { CredentialSource, loadS3Credentials } from './credentials.js';
-import { S3Store } from './store.js';
 
 export const s3 = defineStore({
   schema: S3Target,
+  // The AWS SDK is loaded when a store is opened, not by every process that reads a config (the CLI).
   open: async (c, env) =>
-    new S3Store({
+    new (await import('./store.js')).S3Store({
       target: c.name,
       ...(c.endpoint !== undefined ? { endpoint: c.endpoint } : {}),
       region: c.region,
