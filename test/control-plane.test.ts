@@ -5,7 +5,7 @@
  * Real Temporal, real PostgreSQL, real loop devices, the real `gbackup` binary.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { openCatalog } from '../src/catalog/open.js';
@@ -73,6 +73,12 @@ describe('every command through Temporal', () => {
     const ex = await gb(clientConfig, 'volume', 'export', volumeId, '--file', out);
     expect(ex.code, ex.stderr).toBe(0);
     expect(await sha256File(out)).toBe(await sha256File(img));
+    // Nor may an export write outside them (the node runs as root).
+    const outside = join(env.dir, 'outside.img');
+    const refused = await gb(clientConfig, 'volume', 'export', volumeId, '--file', outside);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/outside\.img' is outside the node's transfer directories/);
+    expect(existsSync(outside)).toBe(false);
 
     // Each of those was a workflow the operator can find in the UI.
     const types = new Set<string>();

@@ -12,7 +12,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { BackupResult, RestoreResult } from '../src/api.js';
-import { Snapshots } from '../src/services/snapshots.js';
 import { makeEnv, volumeWithData, yamlWith, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { workerProcess, type WorkerProcess } from './helpers/worker-process.js';
@@ -36,7 +35,7 @@ beforeAll(async () => {
   await worker.start();
   // An in-use source volume (so the snapshot step exists) and a backup to restore from.
   const vol = await volumeWithData(env, 'alpha', 'gold', 24, [0, 8, 16]);
-  await new Snapshots(env.rt).attach(vol.id, 'vm-faults');
+  await env.client.attachVolume({ volumeId: vol.id, instance: 'vm-faults' });
   source = { id: vol.id, sum: await env.volumes.sha256(vol.id) };
   const h = await env.client.startBackup({ volumeId: vol.id, backupId: `bak-${randomBytes(4).toString('hex')}`, force: true }, { target: 'vault', backend: 'alpha' });
   fixtureBackup = (await env.client.result<BackupResult>(h)).backup.id;

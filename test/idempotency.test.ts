@@ -15,8 +15,7 @@ import { Connectors } from '../src/connectors/registry.js';
 import { Throttle } from '../src/copy/throttle.js';
 import { AttachmentLedger } from '../src/node/ledger.js';
 import { MiB } from '../src/size.js';
-import { Snapshots } from '../src/services/snapshots.js';
-import { DEFAULT_YAML, makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
+import { DEFAULT_YAML, makeEnv, volumeWithData, type TestEnv, attachInProcess, detachInProcess } from './helpers/env.js';
 import { listAll } from '../src/drivers/backup/stores/store.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { snapshotWorld } from './helpers/world.js';
@@ -61,7 +60,7 @@ describe('every activity is idempotent', () => {
     const control = createControlActivities(env.rt);
     const node = createNodeActivities({ node: 'test', connector: new Connectors([env.dir]), ledger, throttle: new Throttle(undefined), blockSize: 4 * MiB });
     const vol = await volumeWithData(env, 'alpha', 'gold', 16, [0, 8]);
-    await new Snapshots(env.rt).attach(vol.id, 'vm');
+    await attachInProcess(env, vol.id, 'vm');
     const wf = `backup-volume-${vol.id}`;
     const backupId = 'bak-idem';
 
@@ -103,7 +102,7 @@ describe('every activity is idempotent', () => {
     await twice(dwf, () => control.failDeleteBackup({ backupId, reason: 'x' }));
     expect(await env.rt.catalog.findBackup(backupId)).toBeNull();
 
-    await new Snapshots(env.rt).detach(vol.id);
+    await detachInProcess(env, vol.id);
     expect((await listLoopDevices()).filter((d) => d.backingFile.startsWith(env.dir))).toEqual([]);
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });

@@ -12,7 +12,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { WorkflowHandle } from '@temporalio/client';
 import type { BackupResult, RestoreResult } from '../src/api.js';
 import { MiB } from '../src/size.js';
-import { Snapshots } from '../src/services/snapshots.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
 import { makeLoopFilesystem, type LoopFilesystem } from './helpers/loopfs.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
@@ -100,8 +99,7 @@ describe.each([
 ])('in-use backup on %s', (_label, backend, pool) => {
   it('needs --force; with it, backs up a snapshot while a writer keeps writing; the volume stays in-use; the snapshot goes', async () => {
     const vol = await volumeWithData(env, backend, pool, 32, [0, 8, 16, 24]);
-    const snaps = new Snapshots(env.rt);
-    const attached = await snaps.attach(vol.id, 'vm-1');
+    const attached = await env.client.attachVolume({ volumeId: vol.id, instance: 'vm-1' });
     expect(attached.device).toMatch(/^\/dev\/loop\d+$/);
     expect(await env.rt.catalog.volume(vol.id)).toMatchObject({ status: 'in-use', instance: 'vm-1' });
     const atSnapshot = await env.volumes.sha256(vol.id);
@@ -128,15 +126,14 @@ describe.each([
     const restored = await restoreNew(backupId, 'alpha', 'silver');
     expect(await env.volumes.sha256(restored.id)).toBe(atSnapshot);
 
-    await snaps.detach(vol.id);
+    await env.client.detachVolume(vol.id);
     expect((await env.rt.catalog.volume(vol.id)).status).toBe('available');
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });
 
   it('removes the temporary snapshot on failure and on cancel', async () => {
     const vol = await volumeWithData(env, backend, pool, 32, [0, 16]);
-    const snaps = new Snapshots(env.rt);
-    await snaps.attach(vol.id, 'vm-2');
+    await env.client.attachVolume({ volumeId: vol.id, instance: 'vm-2' });
     process.env.GBACKUP_FAILPOINTS = 'copy=error';
     const failed = await startBackup(vol.id, { force: true });
     await expect(env.client.result(failed.handle)).rejects.toThrow(/injected error/);
@@ -153,7 +150,7 @@ describe.each([
     expect(await env.rt.catalog.backup(cancelled.backupId)).toMatchObject({ status: 'error', error: 'cancelled' });
     expect(await env.rt.catalog.findSnapshot(`backup-snap-${cancelled.backupId}`)).toBeNull();
     expect((await env.rt.catalog.volume(vol.id)).status).toBe('in-use');
-    await snaps.detach(vol.id);
+    await env.client.detachVolume(vol.id);
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });
 });
@@ -161,25 +158,24 @@ describe.each([
 describe('snapshot backups', () => {
   it('backs up an existing snapshot; the snapshot cannot be deleted while that runs', async () => {
     const vol = await volumeWithData(env, 'alpha', 'gold', 32, [0, 8, 16, 24]);
-    const snaps = new Snapshots(env.rt);
-    const snap = await snaps.create(vol.id, 'before-upgrade');
+    const snap = await env.client.createSnapshot({ volumeId: vol.id, snapshotId: `snap-${randomBytes(6).toString('hex')}`, name: 'before-upgrade' });
     const atSnapshot = await env.volumes.sha256(vol.id);
     // Change the volume after the snapshot: the backup must hold the snapshot's bytes.
-    const dev = await snaps.attach(vol.id, 'vm-3');
+    const dev = await env.client.attachVolume({ volumeId: vol.id, instance: 'vm-3' });
     const fh = await open(dev.device, 'r+');
     await fh.write(randomBytes(MiB), 0, MiB, 4 * MiB);
     await fh.close();
-    await snaps.detach(vol.id);
+    await env.client.detachVolume(vol.id);
 
     const { backupId, handle } = await startBackup(vol.id, { snapshotId: snap.id });
     await handle.executeUpdate('throttle', { args: [{ bps: 16 * MiB }] });
     await untilPhase(handle, 'copying');
-    await expect(snaps.delete(snap.id)).rejects.toThrow(/is being backed up \(backup bak-/);
+    await expect(env.client.deleteSnapshot(snap.id)).rejects.toThrow(/is being backed up \(backup bak-/);
     const { backup } = await env.client.result<BackupResult>(handle);
     expect(backup).toMatchObject({ status: 'available', snapshotId: snap.id });
     const restored = await restoreNew(backupId, 'alpha', 'silver');
     expect(await env.volumes.sha256(restored.id)).toBe(atSnapshot);
-    await snaps.delete(snap.id);
+    await env.client.deleteSnapshot(snap.id);
     expect(await env.rt.catalog.findSnapshot(snap.id)).toBeNull();
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });

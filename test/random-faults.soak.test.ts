@@ -7,8 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { BackupResult, RestoreResult } from '../src/api.js';
-import { Snapshots } from '../src/services/snapshots.js';
-import { makeEnv, volumeWithData, yamlWith, type TestEnv } from './helpers/env.js';
+import { makeEnv, volumeWithData, yamlWith, type TestEnv, attachInProcess, detachInProcess } from './helpers/env.js';
 import { BACKUP_STEPS, FAULTS, RESTORE_STEPS, underFault, waitFor, type FaultKind } from './helpers/faults.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { workerProcess, type WorkerProcess } from './helpers/worker-process.js';
@@ -44,7 +43,7 @@ describe('soak', () => {
     const failpoints = join(env.dir, 'failpoints-worker');
     const available = await volumeWithData(env, 'alpha', 'gold', 16, [0, 8]);
     const inUse = await volumeWithData(env, 'alpha', 'silver', 16, [4, 12]);
-    await new Snapshots(env.rt).attach(inUse.id, 'vm-soak');
+    await attachInProcess(env, inUse.id, 'vm-soak');
     const sums = new Map([
       [available.id, await env.volumes.sha256(available.id)],
       [inUse.id, await env.volumes.sha256(inUse.id)],
@@ -87,7 +86,7 @@ describe('soak', () => {
       }
       bump(`fault ${fault}`);
     }
-    await new Snapshots(env.rt).detach(inUse.id);
+    await detachInProcess(env, inUse.id);
     await waitFor('no leaks', async () => JSON.stringify(await findLeaks(env)) === JSON.stringify(NO_LEAKS), 30_000).catch(() => undefined);
     const leaks = await findLeaks(env);
     console.log(`soak: ${ROUNDS} rounds; ${JSON.stringify(counts, null, 1)}\nleaks after the run: ${JSON.stringify(leaks)}`);

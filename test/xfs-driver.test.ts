@@ -15,7 +15,6 @@ import type { BackupResult, RestoreResult } from '../src/api.js';
 import { parseConfig } from '../src/config/load.js';
 import { XfsVolumeDriver } from '../src/drivers/volume/xfs/driver.js';
 import { Runtime } from '../src/services/runtime.js';
-import { Snapshots } from '../src/services/snapshots.js';
 import { MiB } from '../src/size.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
@@ -98,11 +97,11 @@ describe('xfs driver', () => {
   it('backs up an in-use xfs volume through a reflink snapshot, and crosses to other storage with dd both ways', async () => {
     const v = await volumeWithData(env, 'xa', 'gold', 24, [0, 16]);
     const sum = await env.volumes.sha256(v.id);
-    await new Snapshots(env.rt).attach(v.id, 'vm-xfs');
+    await env.client.attachVolume({ volumeId: v.id, instance: 'vm-xfs' });
     const viaSnap = await backup(v.id, 'vault', true);
     expect(viaSnap).toMatchObject({ status: 'available', method: 'generic' });
     expect(await env.rt.catalog.listSnapshots()).toEqual([]);
-    await new Snapshots(env.rt).detach(v.id);
+    await env.client.detachVolume(v.id);
     // Generic dd from other storage onto xfs, and back.
     const onXfs = await restoreNew(viaSnap.id, 'xa', 'gold');
     expect(await env.volumes.sha256(onXfs.id)).toBe(sum);

@@ -133,8 +133,6 @@ export function createManageActivities(rt: ManageDeps) {
     },
 
     async deleteVolume(input: { volumeId: string }): Promise<VolumeView> {
-      const gone = await rt.catalog.findVolume(input.volumeId);
-      if (!gone) throw new InvalidInput(`volume '${input.volumeId}' not found`);
       return volumes.delete(input.volumeId, workflowId());
     },
 

@@ -3,7 +3,8 @@
  * uses, and a worked example for other services (they need only api.ts's names and
  * shapes; nothing here is required).
  */
-import { Client, Connection, ScheduleAlreadyRunning, ScheduleNotFoundError, ScheduleOverlapPolicy, WorkflowExecutionAlreadyStartedError, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { randomBytes } from 'node:crypto';
+import { Client, Connection, ScheduleAlreadyRunning, ScheduleNotFoundError, ScheduleOverlapPolicy, WorkflowExecutionAlreadyStartedError, WorkflowFailedError, type WorkflowExecutionDescription, type WorkflowHandle } from '@temporalio/client';
 import { ActivityFailure, ApplicationFailure, CancelledFailure, TimeoutFailure } from '@temporalio/common';
 import {
   MANAGE_WORKFLOWS,
@@ -37,12 +38,12 @@ import { BackupInProgress, GbackupError, InvalidInput, InvalidStatus, MissingSea
 import { missingMessage, missingSearchAttributes, refusedSearchAttribute } from '../workers/search-attributes.js';
 import { INPUT_ERROR_TYPES } from '../error-registry.js';
 import { temporalConnection, type TemporalSettings } from '../temporal/connection.js';
-
-import { randomBytes } from 'node:crypto';
 import type { TargetCheck } from '../drivers/backup/check.js';
 import type { RebuildReport } from '../services/rebuild.js';
 
 const nonce = () => randomBytes(6).toString('hex');
+/** Whether a worker has taken the workflow's first task: until then its history is the start and that task scheduled. */
+const pickedUp = (d: WorkflowExecutionDescription) => (d.historyLength ?? 0) > 3;
 /** How long a command waits for a worker before it asks whether there is one at all. */
 const NO_WORKER_AFTER_MS = 5000;
 
@@ -142,6 +143,16 @@ export class GbackupClient {
     return (r.pollers ?? []).length > 0;
   }
 
+  /** Still running, never picked up by a worker, and no worker polls the queue: nobody will run it. */
+  private async unserved(handle: WorkflowHandle, d: WorkflowExecutionDescription): Promise<boolean> {
+    return d.status.name === 'RUNNING' && !pickedUp(d) && !(await this.hasControlWorker());
+  }
+
+  /** Terminates a workflow no worker ever ran: it has done nothing, so nothing is left half-done. */
+  private async abandon(handle: WorkflowHandle): Promise<void> {
+    await handle.terminate('no gbackup control worker polls this task queue').catch(() => undefined);
+  }
+
   /**
    * The result; but a workflow still unstarted after a few seconds with no worker on the
    * queue is terminated (it has done nothing yet) and reported, instead of waiting forever.
@@ -152,11 +163,10 @@ export class GbackupClient {
     const watchdog = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         void (async () => {
-          const d = await handle.describe();
-          if (d.status.name !== 'RUNNING' || (d.historyLength ?? 0) > 3 || (await this.hasControlWorker())) return;
+          if (!(await this.unserved(handle, await handle.describe()))) return;
           // Rejected first: the terminate makes the result reject too, with a vaguer message.
           reject(this.noWorker());
-          await handle.terminate('no gbackup control worker polls this task queue').catch(() => undefined);
+          await this.abandon(handle);
         })().catch(() => undefined);
       }, NO_WORKER_AFTER_MS);
     });
@@ -242,12 +252,12 @@ export class GbackupClient {
         await this.result(handle);
         return;
       }
-      if (Date.now() - started > NO_WORKER_AFTER_MS && (d.historyLength ?? 0) <= 3 && !(await this.hasControlWorker())) {
-        await handle.terminate('no gbackup control worker polls this task queue').catch(() => undefined);
+      if (Date.now() - started > NO_WORKER_AFTER_MS && (await this.unserved(handle, d))) {
+        await this.abandon(handle);
         throw this.noWorker();
       }
       // Nothing to ask before a worker has run the first workflow task (a query would wait for one).
-      if ((d.historyLength ?? 0) <= 3) {
+      if (!pickedUp(d)) {
         await new Promise((r) => setTimeout(r, Math.min(200, 20 * (i + 1))));
         continue;
       }

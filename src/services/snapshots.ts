@@ -1,22 +1,15 @@
 /**
- * Snapshots and instance attachments, on this host. A snapshot is a point-in-time,
- * read-only image of a volume on its own backend (reflink clone where the filesystem
- * can, else a sparse copy). An instance attachment exposes a volume as a local block
- * device for a workload to write to, and marks it `in-use`.
+ * Snapshots a person asks for. A snapshot is a point-in-time, read-only image of a volume
+ * on its own backend (reflink clone where the filesystem can, else a sparse copy). Instance
+ * attachments are the attachVolume/detachVolume workflows (their device is on a node).
  */
-import type { VolumeView } from '../api.js';
 import type { SnapshotView } from '../catalog/catalog.js';
-import { Connectors } from '../connectors/registry.js';
 import { InvalidInput, InvalidStatus } from '../errors.js';
 import type { Runtime } from './runtime.js';
-import { checkName, newId } from './volumes.js';
+import { checkName, newId } from './checks.js';
 
 export class Snapshots {
   constructor(private readonly rt: Runtime) {}
-
-  private connector(): Connectors {
-    return new Connectors(this.rt.allRoots());
-  }
 
   /**
    * `id` chosen by the caller (the workflow), so a retried step finds the snapshot its
@@ -55,26 +48,5 @@ export class Snapshots {
     await this.rt.driver(s.backend).deleteVolume({ pool: s.pool, name: s.id });
     await cat.deleteSnapshotRecord(s.id);
     return s;
-  }
-
-  /** Marks the volume in-use by `instance` and exposes it here as a block device. */
-  async attach(volumeId: string, instance: string): Promise<VolumeView & { device: string }> {
-    const cat = this.rt.catalog;
-    const v = await cat.transitionVolume(checkName(volumeId, 'volume id', 'id'), ['available'], 'in-use', { instance: checkName(instance, 'instance') });
-    try {
-      const { device } = await this.connector().connectVolume(this.rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }));
-      return { ...(await cat.volume(v.id)), device };
-    } catch (e) {
-      await cat.transitionVolume(v.id, ['in-use'], 'available', { instance: null });
-      throw e;
-    }
-  }
-
-  async detach(volumeId: string): Promise<VolumeView> {
-    const cat = this.rt.catalog;
-    const v = await cat.volume(checkName(volumeId, 'volume id', 'id'));
-    if (v.status !== 'in-use') throw new InvalidStatus(`volume '${v.id}' is '${v.status}', not attached to an instance`);
-    await this.connector().disconnectVolume(this.rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }));
-    return await cat.transitionVolume(v.id, ['in-use'], 'available', { instance: null });
   }
 }

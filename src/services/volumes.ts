@@ -1,15 +1,15 @@
 /**
- * Volume management on this host: create, import, export, delete, checksum. These run
- * where the backends are reachable (a gbackup node) and keep the catalog and the
- * storage in step: a failure undoes the half-made volume and its record.
+ * Volume management against the catalog and the backends: create, delete, checksum (the
+ * control worker's manage activities run these), and an in-process import for hosts that
+ * are their own node (tests and benches set up volumes with it; people import through the
+ * importVolume workflow). A failure undoes the half-made volume and its record.
  */
 import { stat } from 'node:fs/promises';
-import { execa } from 'execa';
 import type { VolumeView } from '../api.js';
 import { Connectors } from '../connectors/registry.js';
 import { copyExtents } from '../copy/dd.js';
-import { copyExtentsOf, dataExtents } from '../copy/extents.js';
-import { InvalidInput, InvalidStatus } from '../errors.js';
+import { dataExtents } from '../copy/extents.js';
+import { InvalidInput } from '../errors.js';
 import type { Runtime } from './runtime.js';
 import { checkName, newId } from './checks.js';
 import { MiB, roundUp } from '../size.js';
@@ -80,24 +80,6 @@ export class Volumes {
     }
     await connector.disconnectVolume(conn);
     return await this.rt.catalog.transitionVolume(vol.id, ['creating'], 'available');
-  }
-
-  /** Writes the volume's bytes to a file (sparse where the volume has holes). */
-  async export(id: string, file: string): Promise<{ volume: VolumeView; file: string; bytes: number }> {
-    const vol = await this.rt.catalog.volume(checkName(id, 'volume id', 'id'));
-    if (!['available', 'in-use'].includes(vol.status)) throw new InvalidStatus(`volume '${vol.id}' is '${vol.status}'; export needs 'available' or 'in-use'`);
-    const conn = this.rt.driver(vol.backend).initializeConnection({ pool: vol.pool, name: vol.id }, { readOnly: true });
-    // The export reads the image through its own loop device, like a node would.
-    const connector = this.connector();
-    const { device } = await connector.connectVolume(conn);
-    try {
-      await execa('truncate', ['-s', '0', '--', file]).catch(() => undefined);
-      await execa('truncate', ['-s', String(vol.size), '--', file]);
-      await copyExtents({ source: device, dest: file, extents: copyExtentsOf(await connector.dataExtents(conn, vol.size), vol.size), blockSize: 4 * MiB, sparse: true, direct: false });
-    } finally {
-      await connector.disconnectVolume(conn);
-    }
-    return { volume: vol, file, bytes: vol.size };
   }
 
   /** `owner`: the deleting workflow, whose retry may find the volume 'deleting' already. */

@@ -15,6 +15,7 @@ import { execa } from 'execa';
 import { GbackupClient } from '../../src/client/client.js';
 import { parseConfig, type LoadedConfig } from '../../src/config/load.js';
 import { listLoopDevices } from '../../src/connectors/loop.js';
+import { Connectors } from '../../src/connectors/registry.js';
 import { Runtime } from '../../src/services/runtime.js';
 import { Volumes } from '../../src/services/volumes.js';
 import { startWorkers, type RunningWorkers } from '../../src/workers/worker.js';
@@ -127,4 +128,19 @@ export async function volumeWithData(env: TestEnv, backend: string, pool: string
   const v = await env.volumes.import({ backend, pool, file: img });
   rmSync(img);
   return v;
+}
+
+/**
+ * Marks a volume in use by an instance and attaches it here, in-process, for tests that run
+ * activities without workers (the product does this through the attachVolume workflow).
+ */
+export async function attachInProcess(env: TestEnv, volumeId: string, instance: string): Promise<{ device: string }> {
+  const v = await env.rt.catalog.transitionVolume(volumeId, ['available'], 'in-use', { instance });
+  return new Connectors(env.rt.allRoots()).connectVolume(env.rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }));
+}
+
+export async function detachInProcess(env: TestEnv, volumeId: string): Promise<void> {
+  const v = await env.rt.catalog.volume(volumeId);
+  await new Connectors(env.rt.allRoots()).disconnectVolume(env.rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }));
+  await env.rt.catalog.transitionVolume(v.id, ['in-use'], 'available', { instance: null });
 }
