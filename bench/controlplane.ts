@@ -177,16 +177,37 @@ async function startPoller(path: string): Promise<Poller> {
 // Workflow history: when the copy activity started (server clock, epoch ms).
 
 
-async function copyStartedEpochMs(handle: WorkflowHandle): Promise<number> {
+interface BackupAnatomy {
+  /** When the copy activity started (server clock, epoch ms). */
+  copyStartedEpochMs: number;
+  /** What the copy activity says it spent moving bytes (dd running), ms. */
+  copyMs: number;
+  events: number;
+  workflowTasks: number;
+  activities: number;
+  localActivities: number;
+}
+
+async function backupAnatomy(handle: WorkflowHandle): Promise<BackupAnatomy> {
   const events = (await handle.fetchHistory()).events ?? [];
   const copy = new Set<string>();
+  const a: BackupAnatomy = { copyStartedEpochMs: NaN, copyMs: NaN, events: events.length, workflowTasks: 0, activities: 0, localActivities: 0 };
   for (const e of events) {
+    if (e.workflowTaskStartedEventAttributes) a.workflowTasks++;
+    if (e.activityTaskScheduledEventAttributes) a.activities++;
+    if (e.markerRecordedEventAttributes?.markerName === 'core_local_activity') a.localActivities++;
     if (e.activityTaskScheduledEventAttributes?.activityType?.name === 'copyVolume') copy.add(String(e.eventId));
     const st = e.activityTaskStartedEventAttributes;
     // An activity's started event is written with its completion; its time is still the start.
-    if (st && copy.has(String(st.scheduledEventId))) return tsMs(e.eventTime);
+    if (st && copy.has(String(st.scheduledEventId))) a.copyStartedEpochMs = tsMs(e.eventTime);
+    const done = e.activityTaskCompletedEventAttributes;
+    if (done && copy.has(String(done.scheduledEventId))) {
+      const data = done.result?.payloads?.[0]?.data;
+      const r = data ? (JSON.parse(Buffer.from(data).toString('utf8')) as { copyMs?: number }) : {};
+      a.copyMs = r.copyMs ?? NaN;
+    }
   }
-  return NaN;
+  return a;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -232,6 +253,9 @@ interface Round {
   destCreated: Stats;
   copyActivityStarted: Stats;
   backupWall: Stats;
+  copyTime: Stats;
+  overhead: Stats;
+  shape: BackupAnatomy;
   /** Gap between the last poll without a block and the first with one: the first byte's uncertainty. */
   pollGapMs: Stats;
 }
@@ -432,6 +456,9 @@ ${pg ? `catalog: { driver: postgres, url: '${pg.url}', passwordFile: '${pg.passw
   const destCreated: number[] = [];
   const copyStarted: number[] = [];
   const wall: number[] = [];
+  const ddTime: number[] = [];
+  const overhead: number[] = [];
+  let shape: BackupAnatomy | null = null;
   const gaps: number[] = [];
   for (let i = -1; i < RUNS; i++) {
     const backupId = `bak-cp-${driver.slice(0, 2)}-${i < 0 ? 'warm' : i}-${randomBytes(3).toString('hex')}`;
@@ -453,7 +480,9 @@ ${pg ? `catalog: { driver: postgres, url: '${pg.url}', passwordFile: '${pg.passw
     if (result.backup.status !== 'available') throw new Error(`backup ${backupId} ended ${result.backup.status}`);
     if (p.hit === null || p.appeared === null || p.lastMiss === null) throw new Error(`backup ${backupId}: no block ever appeared in ${dest} (${p.polls} polls)`);
     const rel = (x: bigint) => Number(x - t) / 1e6;
-    const copyMs = (await copyStartedEpochMs(handle)) - t0Epoch;
+    const anatomy = await backupAnatomy(handle);
+    const copyMs = anatomy.copyStartedEpochMs - t0Epoch;
+    if (!Number.isFinite(anatomy.copyMs)) throw new Error(`backup ${backupId}: the copy activity did not report its copy time`);
     if (i < 0) {
       say(`${driver}: backup warm-up: first byte ${fmt(rel(p.hit))} ms, whole ${fmt(wallMs)} ms`);
       continue;
@@ -462,8 +491,14 @@ ${pg ? `catalog: { driver: postgres, url: '${pg.url}', passwordFile: '${pg.passw
     destCreated.push(rel(p.appeared));
     copyStarted.push(copyMs);
     wall.push(wallMs);
+    ddTime.push(anatomy.copyMs);
+    overhead.push(wallMs - anatomy.copyMs);
+    shape = anatomy;
     gaps.push(Number(p.hit - p.lastMiss) / 1e6);
-    say(`${driver}: backup #${i + 1}: destination made ${fmt(rel(p.appeared))} ms, copy activity started ${fmt(copyMs)} ms, first byte ${fmt(rel(p.hit))} ms, done ${fmt(wallMs)} ms`);
+    say(
+      `${driver}: backup #${i + 1}: destination made ${fmt(rel(p.appeared))} ms, copy activity started ${fmt(copyMs)} ms, first byte ${fmt(rel(p.hit))} ms, ` +
+        `done ${fmt(wallMs)} ms (dd ${fmt(anatomy.copyMs)} ms, orchestration ${fmt(wallMs - anatomy.copyMs)} ms)`,
+    );
   }
 
   // This round's things go now (the next round must not share the machine with them).
@@ -482,6 +517,9 @@ ${pg ? `catalog: { driver: postgres, url: '${pg.url}', passwordFile: '${pg.passw
     destCreated: stats(destCreated),
     copyActivityStarted: stats(copyStarted),
     backupWall: stats(wall),
+    copyTime: stats(ddTime),
+    overhead: stats(overhead),
+    shape: shape!,
     pollGapMs: stats(gaps),
   };
 }
@@ -536,8 +574,16 @@ function report(rounds: Round[], cliStart: Stats, load: { start: number[]; end: 
       ['copy activity started (history)', ...by((r) => r.copyActivityStarted)],
       ['start-to-first-byte', ...by((r) => r.firstByte)],
       ['whole backup (to client.result())', ...by((r) => r.backupWall)],
+      ['  of which dd moving bytes (copy activity)', ...by((r) => r.copyTime)],
+      ['  orchestration overhead (whole - dd)', ...by((r) => r.overhead)],
     ]),
   );
+  for (const r of rounds) {
+    out.push(
+      `${r.catalog}: one backup = ${r.shape.events} history events, ${r.shape.workflowTasks} workflow tasks, ${r.shape.activities} activities, ${r.shape.localActivities} local activities; ` +
+        `orchestration p50 ${fmt(r.overhead.p50)} ms (target < 100 ms)`,
+    );
+  }
   out.push(
     `first byte = first stat() of the destination image showing an allocated block (dd's first O_DIRECT write reaching it through the loop device), polled every ${POLL_MS} ms from a worker thread; ` +
       `gap to the previous poll: ${rounds.map((r) => `${r.catalog} p50 ${fmt(r.pollGapMs.p50, 2)} ms, max ${fmt(r.pollGapMs.max, 2)} ms`).join('; ')}`,

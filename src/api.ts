@@ -35,6 +35,8 @@ export const BackupVolumeInput = z.strictObject({
   snapshotId: idSchema('snapshotId').optional(),
   /** Object targets only: store just what changed since the newest backup. */
   incremental: z.boolean().optional(),
+  /** Copy limit in bytes/s from the first byte on (the throttle update changes it later). */
+  bpsLimit: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional(),
 });
 export type BackupVolumeInput = z.infer<typeof BackupVolumeInput>;
 
@@ -116,6 +118,13 @@ export interface BackupView {
   method: string | null;
   /** The backup an incremental builds on (object targets); null for a full backup. */
   parentId: string | null;
+  /**
+   * Object targets: how the backup found what changed since its parent. 'cbt': the extent
+   * maps of the volume and of the copy kept from the parent backup were compared, and only
+   * the changed ranges read; 'hash': every chunk read and hashed (after "hash: ", why
+   * changed-block tracking could not be used); 'full': no parent. Null for volume targets.
+   */
+  changes: string | null;
   node: string | null;
   error: string | null;
   createdAt: string;

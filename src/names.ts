@@ -34,3 +34,10 @@ export const nameSchema = (what = 'name') =>
       .max(128, `${what} must be at most 128 characters`)
       .regex(/^[A-Za-z0-9][A-Za-z0-9._:+@-]*$/, `${what} may only contain letters, digits and . _ : + @ -, starting with a letter or digit`),
   );
+
+/** Storage names the system derives from a (checked) backup id. */
+export const tempSnapshotName = (backupId: string) => `backup-snap-${backupId}`;
+/** The clone of what a backup read, kept on the volume's storage for the next incremental's change tracking. */
+export const changeBaseName = (backupId: string) => `changes-${backupId}`;
+/** The backup id a change-tracking clone belongs to, or null for any other storage name. */
+export const changeBaseOf = (name: string): string | null => (name.startsWith('changes-') ? name.slice('changes-'.length) : null);

@@ -49,8 +49,8 @@ describe('failures during a backup', () => {
   it('a cancel mid-copy runs every compensation; the backup is error with reason cancelled', async () => {
     const vol = await volumeWithData(env, 'alpha', 'gold', 64, [0, 16, 32, 48], 16 * MiB);
     const backupId = `bak-${randomBytes(4).toString('hex')}`;
-    const h = await env.client.startBackup({ volumeId: vol.id, backupId }, { target: 'vault', backend: 'alpha' });
-    await h.executeUpdate('throttle', { args: [{ bps: 8 * MiB }] });
+    // Limited from the first byte, so the cancel finds dd running.
+    const h = await env.client.startBackup({ volumeId: vol.id, backupId, bpsLimit: 8 * MiB }, { target: 'vault', backend: 'alpha' });
     // Wait until bytes are moving, then cancel.
     for (let i = 0; i < 100; i++) {
       const p = await h.query<{ phase: string }>('progress');

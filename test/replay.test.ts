@@ -48,14 +48,22 @@ describe('workflow determinism', () => {
         (histories as unknown as { history: HistoryShape }[]).map((h) => h.history.events?.[0]?.workflowExecutionStartedEventAttributes?.workflowType?.name ?? 'unknown'),
       );
       if (process.env.GBACKUP_SAVE_HISTORIES) {
+        // GBACKUP_SAVE_HISTORIES=PREFIX keeps one history per workflow type, outcome and path
+        // (the sequence of activity and local-activity types it ran), named PREFIX-type-outcome-N.
+        const prefix = process.env.GBACKUP_SAVE_HISTORIES === '1' ? '' : `${process.env.GBACKUP_SAVE_HISTORIES}-`;
         const seen = new Set<string>();
+        const perKind = new Map<string, number>();
         for (const h of histories as unknown as { workflowId: string; history: HistoryShape }[]) {
           const first = h.history.events?.[0]?.workflowExecutionStartedEventAttributes?.workflowType?.name ?? 'unknown';
           const last = h.history.events?.[h.history.events.length - 1];
           const outcome = last?.workflowExecutionCompletedEventAttributes ? 'completed' : last?.workflowExecutionFailedEventAttributes ? 'failed' : last?.workflowExecutionCanceledEventAttributes ? 'cancelled' : 'other';
-          const key = `${first}-${outcome}`;
-          if (seen.has(key)) continue;
-          seen.add(key);
+          const path = JSON.stringify(h.history.events?.map((e) => (e as { activityTaskScheduledEventAttributes?: { activityType?: { name?: string } } }).activityTaskScheduledEventAttributes?.activityType?.name ?? (e as { markerRecordedEventAttributes?: { markerName?: string } }).markerRecordedEventAttributes?.markerName ?? '').filter((n) => n !== ''));
+          if (seen.has(`${first}-${outcome}-${path}`)) continue;
+          seen.add(`${first}-${outcome}-${path}`);
+          const n = (perKind.get(`${first}-${outcome}`) ?? 0) + 1;
+          perKind.set(`${first}-${outcome}`, n);
+          if (n > 6) continue;
+          const key = prefix === '' ? `${first}-${outcome}` : `${prefix}${first}-${outcome}-${n}`;
           // The CLI's JSON is what the replayer reads (and what the Temporal docs suggest for replay fixtures).
           const runId = h.history.events?.[0]?.workflowExecutionStartedEventAttributes?.originalExecutionRunId ?? '';
           const { stdout } = await execa(temporalBinary(), ['workflow', 'show', '--address', inject('temporalAddress'), '-w', h.workflowId, '-r', runId, '--output', 'json']);

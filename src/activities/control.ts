@@ -4,7 +4,7 @@
  * catalog and a driver, and each can run twice with the same input and end in the same
  * state: the workflow's retries and compensations depend on that.
  */
-import { Context } from '@temporalio/activity';
+import { Context, log } from '@temporalio/activity';
 import type { VolumeStatus, VolumeView } from '../api.js';
 import { backupView } from '../catalog/catalog.js';
 import type { ConnectionInfo } from '../drivers/volume/driver.js';
@@ -13,12 +13,24 @@ import type { Runtime } from '../services/runtime.js';
 import type { BackupPlan, Loc, RestorePlan, Timeouts } from './plans.js';
 import { formatBytes } from '../size.js';
 import { failpoint } from './failpoints.js';
-import { copyExtentsOf, extentBytes } from '../copy/extents.js';
+import { atMostExtents, copyExtentsOf, extentBytes, type Extent } from '../copy/extents.js';
 import { createObjectActivities } from './objects.js';
 import { checkBackupSource, checkDeletable, checkIncrementalTarget, checkRestorable, checkRestoreOnto } from '../services/rules.js';
 import { backupKind, targetKind } from '../services/target-kinds.js';
+import { changeBaseName, tempSnapshotName } from '../names.js';
 
-export const tempSnapshotName = (backupId: string) => `backup-snap-${backupId}`;
+export { changeBaseName, tempSnapshotName };
+/** Changed ranges handed to the copy at most: they travel in the workflow history. */
+const MAX_CHANGED_EXTENTS = 4096;
+
+export interface ChangesFound {
+  /** The backup to build on; null: the copy finds its parent by itself and reads everything. */
+  parentId: string | null;
+  /** With parentId: the byte ranges that may differ from it; every other chunk is the parent's. */
+  changed?: Extent[];
+  /** What finalize records (BackupView.changes). */
+  changes: string;
+}
 const workflowId = () => Context.current().info.workflowExecution?.workflowId ?? 'none';
 
 /** Spreads copies over nodes deterministically by key, so a retry picks the same node. */
@@ -74,7 +86,9 @@ export function createControlActivities(rt: ControlDeps) {
       const snapshot = input.snapshotId !== undefined ? await c.snapshot(input.snapshotId) : null;
       // An in-use volume is read through a temporary snapshot named after the backup (the spec).
       const inUse = snapshot === null && (existing ? existing.sourcePreviousStatus === 'in-use' : volume.status === 'in-use');
-      const tempSnapshot: Loc | null = inUse ? { backend: volume.backend, pool: volume.pool, name: tempSnapshotName(input.backupId) } : null;
+      // Change tracking needs the exact bytes backed up kept as a clone: read a snapshot.
+      const changeTracking = objectTarget !== null && snapshot === null && (await rt.driver(volume.backend).capabilities()).snapshotMethod === 'reflink';
+      const tempSnapshot: Loc | null = inUse || changeTracking ? { backend: volume.backend, pool: volume.pool, name: tempSnapshotName(input.backupId) } : null;
       const source: Loc = snapshot
         ? { backend: snapshot.backend, pool: snapshot.pool, name: snapshot.id }
         : (tempSnapshot ?? { backend: volume.backend, pool: volume.pool, name: volume.id });
@@ -87,6 +101,7 @@ export function createControlActivities(rt: ControlDeps) {
         ...(objectTarget !== null ? { objectTarget, incremental: input.incremental === true } : {}),
         size,
         tempSnapshot,
+        ...(changeTracking ? { changeTracking } : {}),
         timeouts,
       });
       if (existing) {
@@ -190,11 +205,56 @@ export function createControlActivities(rt: ControlDeps) {
       await rt.driver(input.loc.backend).terminateConnection(input.loc);
     },
 
-    async finalizeBackup(input: { backupId: string; storedBytes: number; method: string; node: string | null; parentId?: string | null }): Promise<ReturnType<typeof backupView>> {
+    /**
+     * Changed-block tracking for an incremental: the newest available backup of the volume
+     * in this target whose clone is still kept is the parent, and the extent maps of that
+     * clone and of this backup's snapshot say which ranges to read. Anything that keeps
+     * this from being exact (no such backup, its clone gone, storage that cannot tell)
+     * sends the backup down the hash path, with the reason recorded and logged.
+     */
+    async findChanges(input: { backupId: string }): Promise<ChangesFound> {
+      const c = cat();
+      const b = await c.backup(input.backupId);
+      const v = await c.volume(b.volumeId);
+      const driver = rt.driver(v.backend);
+      const hash = (why: string): ChangesFound => {
+        log.warn('changed-block tracking not used; every chunk is read and hashed', { backupId: b.id, volumeId: v.id, reason: why });
+        return { parentId: null, changes: `hash: ${why}` };
+      };
+      const parent = (await c.listBackups(v.id))
+        .filter((p) => p.target === b.target && p.status === 'available' && p.method === 'chunked' && p.size === b.size)
+        .sort((x, y) => (x.createdAt === y.createdAt ? x.id.localeCompare(y.id) : x.createdAt.localeCompare(y.createdAt)))
+        .pop();
+      if (!parent) return hash(`no earlier backup of volume '${v.id}' in target '${b.target}' to compare with`);
+      const base = { pool: v.pool, name: changeBaseName(parent.id) };
+      if ((await driver.volumeSize(base)) === null) return hash(`the copy of backup '${parent.id}' kept on backend '${v.backend}' for change tracking is gone (made before tracking, or removed)`);
+      const found = await driver.changedBlocks(base, { pool: v.pool, name: tempSnapshotName(b.id) }, b.size);
+      if (found.method === 'fallback') return hash(found.reason);
+      return { parentId: parent.id, changed: atMostExtents(found.changed, MAX_CHANGED_EXTENTS), changes: 'cbt' };
+    },
+
+    /**
+     * The commit point. With `keepChangeBase` (change tracking), what the backup read (its
+     * temporary snapshot) is first kept as the clone the next incremental compares with;
+     * kept before the commit, so the snapshot sweep, which removes temporary snapshots of
+     * backups no longer running, cannot take it away in between. A clone left by a
+     * finalize that then fails belongs to no available backup and is swept.
+     */
+    async finalizeBackup(input: {
+      backupId: string;
+      storedBytes: number;
+      method: string;
+      node: string | null;
+      parentId?: string | null;
+      changes?: string;
+      keepChangeBase?: boolean;
+    }): Promise<ReturnType<typeof backupView>> {
       const c = cat();
       const b = await c.backup(input.backupId);
       if (b.status === 'available') return backupView(b);
       await failpoint('finalize');
+      const v = input.keepChangeBase ? await c.volume(b.volumeId) : null;
+      if (v) await rt.driver(v.backend).createSnapshot({ pool: v.pool, name: tempSnapshotName(b.id) }, { pool: v.pool, name: changeBaseName(b.id) });
       await backupKind(rt, b).record(rt, b, await c.volume(b.volumeId), input);
       await c.tx(async () => {
         await c.transitionBackup(b.id, ['creating'], 'available', {
@@ -202,10 +262,18 @@ export function createControlActivities(rt: ControlDeps) {
           method: input.method,
           node: input.node ?? undefined,
           ...(input.parentId ? { parentId: input.parentId } : {}),
+          ...(input.changes ? { changes: input.changes } : {}),
         });
         const v = await c.volume(b.volumeId);
         if (v.status === 'backing-up') await c.transitionVolume(v.id, ['backing-up'], b.sourcePreviousStatus ?? 'available');
       });
+      if (v) {
+        // One clone per volume and target: the older backups' go (the sweep retries a failure).
+        for (const older of await c.listBackups(v.id)) {
+          if (older.id === b.id || older.target !== b.target) continue;
+          await rt.driver(v.backend).deleteVolume({ pool: v.pool, name: changeBaseName(older.id) }).catch((e: unknown) => log.warn('old change-tracking clone not removed', { backupId: older.id, error: String(e) }));
+        }
+      }
       return backupView(await c.backup(b.id));
     },
 
@@ -328,7 +396,12 @@ export function createControlActivities(rt: ControlDeps) {
     },
 
     async finishDeleteBackup(input: { backupId: string }): Promise<void> {
-      await cat().deleteBackupRecord(input.backupId);
+      const c = cat();
+      const b = await c.findBackup(input.backupId);
+      const v = b ? await c.findVolume(b.volumeId) : null;
+      // Its change-tracking clone, if any: no incremental can build on a deleted backup.
+      if (v) await rt.driver(v.backend).deleteVolume({ pool: v.pool, name: changeBaseName(input.backupId) });
+      await c.deleteBackupRecord(input.backupId);
     },
 
     /** `refused`: the store turned the delete down before removing anything (dependents): the backup stays as it was. */

@@ -8,11 +8,15 @@
  *
  * - error:     a non-retryable InjectedFault
  * - transient: a retryable error on the first attempt, success after
- * - crash:     SIGKILL of this worker process on the first attempt
+ * - crash:     SIGKILL of this worker process on the first attempt, once per step and
+ *              workflow run (a marker beside the failpoints file, shared by the workers
+ *              of one test): a local activity runs again from attempt 1 on the workflow task
+ *              that replaces the dead worker's, and must then go on
  * - hang:      holds the step (heartbeating) until cancelled, or 5 s: lets a test cancel
  *              mid-step; a step that cannot be cancelled then simply goes on
  */
-import { appendFileSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { Context } from '@temporalio/activity';
 import { GbackupError, InjectedFault } from '../errors.js';
 
@@ -49,6 +53,26 @@ function attempt(): number {
   }
 }
 
+/** The workflow run a step belongs to (a workflow id alone is reused by the next backup of the volume). */
+function runOf(): string {
+  try {
+    const run = Context.current().info.workflowExecution;
+    return `${run?.workflowId ?? 'none'}-${run?.runId ?? 'none'}`;
+  } catch {
+    return 'none';
+  }
+}
+
+/** True the first time a crash fires for this step in this workflow (always without a failpoints file). */
+function firstCrash(step: string): boolean {
+  const file = process.env.GBACKUP_FAILPOINTS_FILE;
+  if (!file) return true;
+  const marker = join(dirname(file), `.crashed-${step}-${runOf()}`.replace(/[^A-Za-z0-9._-]/g, '_'));
+  if (existsSync(marker)) return false;
+  writeFileSync(marker, '');
+  return true;
+}
+
 export async function failpoint(step: string): Promise<void> {
   const fault = activeFault(step);
   if (!fault) return;
@@ -61,7 +85,7 @@ export async function failpoint(step: string): Promise<void> {
       if (attempt() === 1) throw new TransientFault(`failpoint '${step}': injected transient error`);
       return;
     case 'crash':
-      if (attempt() === 1) {
+      if (attempt() === 1 && firstCrash(step)) {
         process.stderr.write(`failpoint '${step}': killing worker ${process.pid}\n`);
         process.kill(process.pid, 'SIGKILL');
         await new Promise(() => undefined);
@@ -75,7 +99,8 @@ export async function failpoint(step: string): Promise<void> {
           clearInterval(hb);
           resolve();
         }, 5000);
-        const hb = setInterval(() => ctx.heartbeat(), 200);
+        // Local activities do not heartbeat (their workflow task does).
+        const hb = setInterval(() => (ctx.info.isLocal ? undefined : ctx.heartbeat()), 200);
         ctx.cancellationSignal.addEventListener('abort', () => {
           clearInterval(hb);
           clearTimeout(done);

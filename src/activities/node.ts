@@ -3,11 +3,11 @@
  * because a loop device exists only on the host that made it. Attach and detach keep
  * the node's ledger; the copy heartbeats its offset and resumes from it on a retry.
  */
-import { Context } from '@temporalio/activity';
+import { Context, log } from '@temporalio/activity';
 import type { ConnectionInfo } from '../drivers/volume/driver.js';
 import type { Connectors } from '../connectors/registry.js';
 import { copyExtents, killStrayCopies } from '../copy/dd.js';
-import { copyExtentsOf, extentBytes } from '../copy/extents.js';
+import { copyExtentsOf, extentBytes, type Extent } from '../copy/extents.js';
 import type { Throttle } from '../copy/throttle.js';
 import type { AttachmentLedger } from '../node/ledger.js';
 import { failpoint } from './failpoints.js';
@@ -30,6 +30,10 @@ export interface CopyResult {
   /** Offset the copy resumed from (0 for a first attempt). */
   resumedFrom: number;
   node: string;
+  /** The step attached the volumes itself (`attach`) and detached them again after the copy. */
+  detached?: boolean;
+  /** Milliseconds this attempt spent moving bytes (dd running), for telling copy time from orchestration. */
+  copyMs?: number;
 }
 
 export interface CopyProgressSignal {
@@ -72,7 +76,11 @@ export interface ObjectBackupResult {
   /** Where this attempt started (0 unless a crash interrupted an earlier one), and what it read. */
   resumedFrom: number;
   bytesRead: number;
+  /** Bytes changed-block tracking let this attempt take from the parent unread. */
+  bytesSkipped?: number;
   node: string;
+  /** See CopyResult.detached. */
+  detached?: boolean;
 }
 
 export interface ObjectRestoreResult {
@@ -80,6 +88,8 @@ export interface ObjectRestoreResult {
   bytesWritten: number;
   bytesFetched: number;
   node: string;
+  /** See CopyResult.detached. */
+  detached?: boolean;
 }
 
 /** How often progress reaches the workflow: each signal is a history event. */
@@ -154,31 +164,57 @@ export function createNodeActivities(deps: NodeDeps) {
     };
   };
 
+  /** Attach as its own step does it: recorded in the ledger first, so a crash right after still leaves a trace to reconcile. */
+  const attach = async (connection: ConnectionInfo, role: 'source' | 'destination') => {
+    await failpoint(`attach-${role}`);
+    ledger.record({ protocol: connection.protocol, path: connection.path, backend: connection.backend, workflowId: ctx().info.workflowExecution?.workflowId ?? 'none' });
+    return connector.connectVolume(connection);
+  };
+  const detach = async (connection: ConnectionInfo) => {
+    await failpoint('detach');
+    const r = await connector.disconnectVolume(connection);
+    ledger.clear(connection.path);
+    return r;
+  };
+  /**
+   * The detach at the end of a copy that attached for itself. A copy that is done stays
+   * done: should a detach fail, the workflow's own detach steps (still on its stack) take
+   * over, as they would have without this.
+   */
+  const detachAfterCopy = async (connections: ConnectionInfo[]): Promise<boolean> => {
+    try {
+      for (const c of connections) await detach(c);
+      return true;
+    } catch (e) {
+      log.warn('detach after the copy failed; the workflow detaches', { error: String(e) });
+      return false;
+    }
+  };
+
   return {
     ...createTransferActivities(deps),
 
     async attachVolume(input: { connection: ConnectionInfo; role: 'source' | 'destination' }): Promise<{ device: string; node: string }> {
-      await failpoint(`attach-${input.role}`);
-      ledger.record({ protocol: input.connection.protocol, path: input.connection.path, backend: input.connection.backend, workflowId: ctx().info.workflowExecution?.workflowId ?? 'none' });
-      const { device } = await connector.connectVolume(input.connection);
+      const { device } = await attach(input.connection, input.role);
       return { device, node };
     },
 
     async detachVolume(input: { connection: ConnectionInfo }): Promise<{ detached: string[] }> {
-      await failpoint('detach');
-      const r = await connector.disconnectVolume(input.connection);
-      ledger.clear(input.connection.path);
-      return r;
+      return detach(input.connection);
     },
 
-    async copyVolume(input: { source: ConnectionInfo; dest: ConnectionInfo; size: number; sparse: boolean; bpsLimit?: number | null }): Promise<CopyResult> {
+    /**
+     * With `attach`, this one step attaches both volumes (as attachVolume does), copies and
+     * detaches them: one node round trip per copy instead of five.
+     */
+    async copyVolume(input: { source: ConnectionInfo; dest: ConnectionInfo; size: number; sparse: boolean; bpsLimit?: number | null; attach?: boolean }): Promise<CopyResult> {
       const c = ctx();
       const wf = c.info.workflowExecution?.workflowId ?? 'none';
       const last = c.info.heartbeatDetails as CopyHeartbeat | undefined;
       const resumedFrom = last?.doneOffset ?? 0;
       // Attaching is idempotent; a retry on a restarted node finds or remakes the devices.
-      const src = await connector.connectVolume(input.source);
-      const dst = await connector.connectVolume(input.dest);
+      const src = input.attach ? await attach(input.source, 'source') : await connector.connectVolume(input.source);
+      const dst = input.attach ? await attach(input.dest, 'destination') : await connector.connectVolume(input.dest);
       if (c.info.attempt > 1) await killStrayCopies(dst.device);
       await failpoint('copy');
       const extents = copyExtentsOf(await connector.dataExtents(input.source, input.size), input.size);
@@ -225,8 +261,10 @@ export function createNodeActivities(deps: NodeDeps) {
           throw await asBackendFull(e, input.dest, connector);
         })
         .finally(() => clearInterval(beat));
+      const copyMs = Math.round(performance.now() - started);
       c.heartbeat({ doneOffset: input.size, bytesCopied } satisfies CopyHeartbeat);
-      return { storedBytes, bytesCopied, resumedFrom, node };
+      if (input.attach) return { storedBytes, bytesCopied, resumedFrom, node, copyMs, detached: await detachAfterCopy([input.source, input.dest]) };
+      return { storedBytes, bytesCopied, resumedFrom, node, copyMs };
     },
 
     /**
@@ -244,9 +282,14 @@ export function createNodeActivities(deps: NodeDeps) {
       name?: string;
       labels?: Record<string, string>;
       bpsLimit?: number | null;
+      /** Attach the volume first and detach it after (see copyVolume). */
+      attach?: boolean;
+      /** Changed-block tracking (control's findChanges): build on this backup, reading only `changed`. */
+      parentId?: string;
+      changed?: Extent[];
     }): Promise<ObjectBackupResult> {
       const target = await objectTarget(input.target);
-      const src = await connector.connectVolume(input.source);
+      const src = input.attach ? await attach(input.source, 'source') : await connector.connectVolume(input.source);
       await failpoint('copy');
       const copy = objectCopy(input.size, input.bpsLimit);
       try {
@@ -259,6 +302,7 @@ export function createNodeActivities(deps: NodeDeps) {
           dataExtents: await connector.dataExtents(input.source, input.size),
           size: input.size,
           incremental: input.incremental,
+          ...(input.parentId !== undefined ? { parentId: input.parentId, changed: input.changed ?? null } : {}),
           ...copy.resume,
           throttle: copy.throttle,
           signal: copy.signal,
@@ -268,12 +312,14 @@ export function createNodeActivities(deps: NodeDeps) {
         });
         const m = r.metadata;
         return {
+          ...(input.attach ? { detached: await detachAfterCopy([input.source]) } : {}),
           storedBytes: m.stats.storedBytes,
           dataBytes: m.stats.dataBytes,
           changedBytes: m.stats.changedBytes,
           parentId: m.parent,
           resumedFrom: r.resumedFrom,
           bytesRead: r.bytesRead,
+          bytesSkipped: r.bytesSkippedByCbt,
           node,
         };
       } finally {
@@ -282,9 +328,9 @@ export function createNodeActivities(deps: NodeDeps) {
     },
 
     /** Writes a backup's chain from an object target onto an attached volume; a retry skips what is written and synced. */
-    async restoreFromObjects(input: { dest: ConnectionInfo; target: string; backupId: string; size: number; destIsZero: boolean; bpsLimit?: number | null }): Promise<ObjectRestoreResult> {
+    async restoreFromObjects(input: { dest: ConnectionInfo; target: string; backupId: string; size: number; destIsZero: boolean; bpsLimit?: number | null; attach?: boolean }): Promise<ObjectRestoreResult> {
       const target = await objectTarget(input.target);
-      const dst = await connector.connectVolume(input.dest);
+      const dst = input.attach ? await attach(input.dest, 'destination') : await connector.connectVolume(input.dest);
       await failpoint('copy');
       const copy = objectCopy(input.size, input.bpsLimit);
       try {
@@ -300,7 +346,8 @@ export function createNodeActivities(deps: NodeDeps) {
           signal: copy.signal,
           onProgress: (p) => copy.progress(p.doneOffset, p.bytesWritten),
         });
-        return { resumedFrom: r.resumedFrom, bytesWritten: r.bytesWritten, bytesFetched: r.bytesFetched, node };
+        const result: ObjectRestoreResult = { resumedFrom: r.resumedFrom, bytesWritten: r.bytesWritten, bytesFetched: r.bytesFetched, node };
+        return input.attach ? { ...result, detached: await detachAfterCopy([input.dest]) } : result;
       } catch (e) {
         throw await asBackendFull(e, input.dest, connector);
       } finally {

@@ -29,8 +29,14 @@ export interface BackupPlan {
   /** Object targets: build on the newest backup of the volume there. */
   incremental?: boolean;
   size: number;
-  /** Set when the volume is in use: the snapshot to take first and always remove. */
+  /** Set when the volume is in use (or for change tracking): the snapshot to take first and always remove. */
   tempSnapshot: Loc | null;
+  /**
+   * Object target, volume on reflink storage: the backup reads a temporary snapshot, which
+   * is kept (as `changeBaseName(backupId)`) once the backup is available, so the next
+   * incremental compares extent maps instead of reading everything (absent in older histories).
+   */
+  changeTracking?: boolean;
   timeouts: Timeouts;
 }
 

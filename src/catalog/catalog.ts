@@ -66,6 +66,7 @@ export interface BackupFields {
   method?: string;
   node?: string;
   parentId?: string;
+  changes?: string;
 }
 
 export interface Catalog {

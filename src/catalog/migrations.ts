@@ -45,10 +45,14 @@ CREATE INDEX IF NOT EXISTS snapshots_volume ON snapshots(volume_id);
 // An instance attachment lives on one node (its loop device is there): detach must go there.
 const v3 = 'ALTER TABLE volumes ADD COLUMN attached_node TEXT';
 
+// How an object backup found its changes (cbt, hash + why, full): shown to operators.
+const v4 = 'ALTER TABLE backups ADD COLUMN changes TEXT';
+
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: 'volumes, snapshots, backups', sql: { sqlite: v1('INTEGER'), postgres: v1('BIGINT') } },
   { version: 2, name: 'indexes for paged listings and dependents', sql: { sqlite: v2, postgres: v2 } },
   { version: 3, name: 'node of an instance attachment', sql: { sqlite: v3, postgres: v3 } },
+  { version: 4, name: 'how a backup found its changes', sql: { sqlite: v4, postgres: v4 } },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -52,6 +52,7 @@ function toBackup(r: Row): BackupRecord {
     location: r.location ? (JSON.parse(String(r.location)) as BackupLocation) : null,
     sourcePreviousStatus: str(r.source_previous_status) as VolumeStatus | null,
     parentId: str(r.parent_id),
+    changes: str(r.changes),
   };
 }
 
@@ -280,8 +281,8 @@ export abstract class SqlCatalog implements Catalog {
 
   async transitionBackup(id: string, from: readonly BackupStatus[], to: BackupStatus, fields: BackupFields = {}): Promise<BackupRecord> {
     const r = await this.one(
-      `UPDATE backups SET status = ?, error = ?, stored_bytes = COALESCE(?, stored_bytes), method = COALESCE(?, method), node = COALESCE(?, node), parent_id = COALESCE(?, parent_id), updated_at = ? WHERE id = ? AND status IN (${placeholders(from.length)}) RETURNING *`,
-      [to, fields.error ?? null, fields.storedBytes ?? null, fields.method ?? null, fields.node ?? null, fields.parentId ?? null, now(), id, ...from],
+      `UPDATE backups SET status = ?, error = ?, stored_bytes = COALESCE(?, stored_bytes), method = COALESCE(?, method), node = COALESCE(?, node), parent_id = COALESCE(?, parent_id), changes = COALESCE(?, changes), updated_at = ? WHERE id = ? AND status IN (${placeholders(from.length)}) RETURNING *`,
+      [to, fields.error ?? null, fields.storedBytes ?? null, fields.method ?? null, fields.node ?? null, fields.parentId ?? null, fields.changes ?? null, now(), id, ...from],
     );
     if (r) return toBackup(r);
     const b = await this.backup(id);
@@ -366,6 +367,7 @@ const TABLE_COLUMNS: Record<CatalogTable, Record<string, 'text' | 'int'>> = {
     workflow_id: 'text',
     source_previous_status: 'text',
     parent_id: 'text',
+    changes: 'text',
     created_at: 'text',
     updated_at: 'text',
   },

@@ -41,7 +41,7 @@ usage: gbackup [--config FILE] [--json] COMMAND ...
   snapshot create VOLUME_ID [--name N]
   snapshot list [--volume ID] | show ID | delete ID
 
-  backup create VOLUME_ID [--target T] [--name N] [--force] [--snapshot SNAP_ID] [--incremental] [--wait]
+  backup create VOLUME_ID [--target T] [--name N] [--force] [--snapshot SNAP_ID] [--incremental] [--bps 50M] [--wait]
   backup list [--volume ID] | show ID
   backup delete ID [--wait]             refused while incrementals build on it
   backup verify ID [--schedule CRON | --unschedule]   read every chunk back (posix/s3), check hashes;
@@ -182,10 +182,16 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
     case 'create': {
       const { values, pos } = parse(
         argv,
-        { target: { type: 'string' }, name: { type: 'string' }, wait: { type: 'boolean' }, force: { type: 'boolean' }, snapshot: { type: 'string' }, incremental: { type: 'boolean' } },
+        { target: { type: 'string' }, name: { type: 'string' }, wait: { type: 'boolean' }, force: { type: 'boolean' }, snapshot: { type: 'string' }, incremental: { type: 'boolean' }, bps: { type: 'string' } },
         { min: 1, max: 1, names: 'VOLUME_ID' },
       );
       const incremental = values.incremental === true;
+      let bpsLimit: number | undefined;
+      if (str(values.bps) !== undefined) {
+        const r = parseSize(str(values.bps)!, 'bps');
+        if ('error' in r) throw new InvalidInput(r.error);
+        bpsLimit = r.bytes;
+      }
       const config = loadConfig(str(values.config));
       const volumeId = checkName(pos[0]!, 'volume id', 'id');
       const snapshotId = str(values.snapshot) !== undefined ? checkName(str(values.snapshot)!, 'snapshot id', 'id') : undefined;
@@ -194,7 +200,7 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
       const target = optName(values, 'target', 'target');
       const backupId = newId('bak');
       return withClient(config, async (c) => {
-        const handle = await c.startBackup({ volumeId, backupId, ...(target ? { target } : {}), ...(name ? { name } : {}), ...(force ? { force } : {}), ...(snapshotId ? { snapshotId } : {}), ...(incremental ? { incremental } : {}) });
+        const handle = await c.startBackup({ volumeId, backupId, ...(target ? { target } : {}), ...(name ? { name } : {}), ...(force ? { force } : {}), ...(snapshotId ? { snapshotId } : {}), ...(incremental ? { incremental } : {}), ...(bpsLimit ? { bpsLimit } : {}) });
         // The workflow's own checks (atomic, on the control worker) answer bad input at once.
         await c.accepted(handle);
         out.info(`backup ${backupId} of volume ${volumeId} started (workflow ${handle.workflowId})`);

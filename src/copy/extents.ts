@@ -63,3 +63,22 @@ export async function dataExtents(file: string, size: number): Promise<Extent[]>
 }
 
 export const extentBytes = (ex: Extent[]) => ex.reduce((n, e) => n + (e.end - e.start), 0);
+
+/**
+ * At most `max` extents, by merging neighbours across ever larger gaps: a superset of
+ * the input stays a superset, and the list stays small enough to pass in a workflow
+ * history (changed-block tracking of a badly fragmented volume).
+ */
+export function atMostExtents(extents: Extent[], max: number): Extent[] {
+  let out = extents;
+  for (let gap = 64 * 1024; out.length > Math.max(1, max); gap *= 2) {
+    const merged: Extent[] = [];
+    for (const e of out) {
+      const last = merged[merged.length - 1];
+      if (last && e.start - last.end <= gap) last.end = Math.max(last.end, e.end);
+      else merged.push({ ...e });
+    }
+    out = merged;
+  }
+  return out;
+}

@@ -12,6 +12,7 @@ import { dataExtents } from '../copy/extents.js';
 import { InvalidInput } from '../errors.js';
 import type { Runtime } from './runtime.js';
 import { checkName, newId } from './checks.js';
+import { changeBaseName } from '../names.js';
 import { MiB, roundUp } from '../size.js';
 
 // Checks of what callers send live apart (checks.ts), so the CLI loads them without the copy engine.
@@ -92,6 +93,8 @@ export class Volumes {
     try {
       await this.connector().disconnectVolume(driver.initializeConnection({ pool: vol.pool, name: vol.id }));
       await driver.deleteVolume({ pool: vol.pool, name: vol.id });
+      // The clones kept for change tracking (changes-<backup>) go with the volume: nothing can build on them now.
+      for (const b of await cat.listBackups(vol.id)) await driver.deleteVolume({ pool: vol.pool, name: changeBaseName(b.id) });
     } catch (e) {
       await cat.transitionVolume(vol.id, ['deleting'], 'error', { error: `delete failed: ${(e as Error).message}` });
       throw e;

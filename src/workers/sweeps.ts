@@ -14,6 +14,7 @@
 import { Connectors } from '../connectors/registry.js';
 import { backupKind } from '../services/target-kinds.js';
 import type { Runtime } from '../services/runtime.js';
+import { changeBaseOf } from '../names.js';
 
 export interface SweepDeps {
   /** False only when the server says the workflow is not running, and its activities have had time to notice (unknown: true). */
@@ -82,4 +83,31 @@ export async function sweepTempSnapshots(rt: Runtime): Promise<string[]> {
     removed.push(s.id);
   }
   return removed;
+}
+
+/**
+ * Change-tracking clones (changes-<backup>) of backups that are gone, failed, or no
+ * longer the newest of their volume and target: a finalize that failed after keeping one,
+ * or an older one that finalize could not remove. Backups still running keep theirs.
+ */
+export async function sweepChangeBases(rt: Runtime): Promise<string[]> {
+  const c = rt.catalog;
+  const removed: string[] = [];
+  for (const [backend, driver] of rt.drivers) {
+    for (const loc of await driver.listVolumes()) {
+      const backupId = changeBaseOf(loc.name);
+      if (backupId === null) continue;
+      const b = await c.findBackup(backupId);
+      if (b?.status === 'creating') continue;
+      if (b && b.status !== 'error' && b.status !== 'deleting' && isNewestOfTarget(b, await c.listBackups(b.volumeId))) continue;
+      await driver.deleteVolume(loc);
+      removed.push(`${backend}/${loc.pool ?? ''}/${loc.name}`);
+    }
+  }
+  return removed;
+}
+
+/** Whether no later finished backup of the same volume and target exists (whose clone replaces this one). */
+function isNewestOfTarget(b: { id: string; target: string; createdAt: string }, all: { id: string; target: string; status: string; createdAt: string }[]): boolean {
+  return !all.some((o) => o.id !== b.id && o.target === b.target && o.status === 'available' && o.createdAt > b.createdAt);
 }

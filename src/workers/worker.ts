@@ -20,7 +20,7 @@ import { AttachmentLedger } from '../node/ledger.js';
 import { reconcileLedger } from '../node/reconcile.js';
 import { Runtime } from '../services/runtime.js';
 import { InvalidConfig } from '../errors.js';
-import { sweepAbandoned, sweepTempSnapshots } from './sweeps.js';
+import { sweepAbandoned, sweepChangeBases, sweepTempSnapshots } from './sweeps.js';
 import { keepAlive } from './keepalive.js';
 import { reportRetries, type StepFailure } from './retries.js';
 import { ensureSearchAttributes } from './search-attributes.js';
@@ -159,6 +159,9 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
           .then(() => sweepTempSnapshots(runtime))
           .then((removed) => removed.forEach((id) => log(`gbackup: removed temporary snapshot ${id} left by a finished backup`)))
           .catch((e: unknown) => log(`gbackup: snapshot sweep failed: ${String(e)}`))
+          .then(() => sweepChangeBases(runtime))
+          .then((removed) => removed.forEach((name) => log(`gbackup: removed change-tracking clone ${name} (its backup is gone, failed or superseded)`)))
+          .catch((e: unknown) => log(`gbackup: change-tracking sweep failed: ${String(e)}`))
           .finally(() => (sweeping = false));
       }, config.timeouts.reconcileEvery * 1000);
       started.push(`control role on task queue '${config.temporal.taskQueue}' (workflows, catalog and backend management)`);

@@ -15,7 +15,7 @@
  * - the copy waits for its own cancellation to finish, so dd has stopped before the
  *   compensations detach its devices.
  */
-import { ActivityCancellationType, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
+import { ActivityCancellationType, proxyActivities, proxyLocalActivities, type ActivityOptions, type LocalActivityOptions } from '@temporalio/workflow';
 import type { ControlActivities as CoreControlActivities } from '../activities/control.js';
 import type { ManageActivities } from '../activities/manage.js';
 import type { NodeActivities } from '../activities/node.js';
@@ -35,7 +35,19 @@ const retry = {
 
 export const DEFAULT_TIMEOUTS: Timeouts = { scheduleToStartMs: 60_000, heartbeatMs: 15_000 };
 
-export function activities(t: Timeouts = DEFAULT_TIMEOUTS) {
+/**
+ * How control steps run. `local` (every workflow started since the 'local-control-steps'
+ * patch): as local activities, inside the workflow task on the control worker that runs
+ * the workflow. They need no node, and each one as a normal activity cost two round trips
+ * through the server (schedule, poll, complete, new workflow task: ~25 ms here), which
+ * was most of a small backup's time. A local activity's result is a marker in the history,
+ * so it runs once per workflow like any activity; a control worker that dies inside one
+ * is replaced when the workflow task times out, and the step runs again (all are
+ * idempotent). `remote`: as activities on the control queue (histories from before).
+ */
+export type ControlMode = 'local' | 'remote';
+
+export function activities(t: Timeouts = DEFAULT_TIMEOUTS, mode: ControlMode = 'remote') {
   const control: ActivityOptions = {
     startToCloseTimeout: '2 hours',
     heartbeatTimeout: t.heartbeatMs,
@@ -51,10 +63,26 @@ export function activities(t: Timeouts = DEFAULT_TIMEOUTS) {
     scheduleToStartTimeout: t.scheduleToStartMs,
     retry: { ...retry, maximumAttempts: 8 },
   });
+  const local: LocalActivityOptions = {
+    startToCloseTimeout: '2 hours',
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    retry: { ...retry, maximumAttempts: 8 },
+  };
   return {
-    control: proxyActivities<ControlActivities>(control),
+    control: mode === 'local' ? proxyLocalActivities<ControlActivities>(local) : proxyActivities<ControlActivities>(control),
     /** Undo steps retry without limit (no maximumAttempts): giving up would leak. */
-    compensation: proxyActivities<ControlActivities>({ ...control, retry }),
+    compensation: mode === 'local' ? proxyLocalActivities<ControlActivities>({ ...local, retry }) : proxyActivities<ControlActivities>({ ...control, retry }),
+    mode,
+    /**
+     * Commit points (finalize) always run as activities, also in local mode. A local
+     * activity's result can be lost with its workflow task (a cancel arriving at that
+     * moment makes the server refuse the completion), and the task that replaces it would
+     * then follow the cancel and undo a backup that the lost step had already made
+     * available. An activity's completion is recorded by the server, and a cancel waits for
+     * it (WAIT_CANCELLATION_COMPLETED). Every step before it pushes its undo first, so a lost
+     * result there is harmless.
+     */
+    commit: proxyActivities<ControlActivities>(control),
     node(taskQueue: string, node: string) {
       const queue = nodeTaskQueue(taskQueue, node);
       return {
@@ -76,4 +104,6 @@ export function activities(t: Timeouts = DEFAULT_TIMEOUTS) {
 
 /** For the first step, before the config's timeouts are known. */
 export const { control, compensation } = activities();
+/** The same, as local activities. */
+export const { control: localControl, compensation: localCompensation } = activities(DEFAULT_TIMEOUTS, 'local');
 export type Activities = ReturnType<typeof activities>;

@@ -12,7 +12,7 @@
  */
 import { CancellationScope, log, patched, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
 import { BackupVolumeInput, SEARCH_ATTRIBUTES, type BackupResult } from '../api.js';
-import { activities, compensation as defaultCompensation, control } from './activities.js';
+import { activities, compensation as defaultCompensation, control, localCompensation, localControl } from './activities.js';
 import { failureReason, parseInput, Tracker } from './common.js';
 import { backupTargetFor } from './targets/index.js';
 import { Saga } from './saga.js';
@@ -20,7 +20,7 @@ import { Saga } from './saga.js';
 export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult> {
   const input = parseInput(BackupVolumeInput, raw);
   const backupId = input.backupId ?? `bak-${uuid4().replace(/-/g, '').slice(0, 12)}`;
-  const tracker = new Tracker({ backupId, volumeId: input.volumeId });
+  const tracker = new Tracker({ backupId, volumeId: input.volumeId }, input.bpsLimit ?? null);
   upsertSearchAttributes([
     { key: SEARCH_ATTRIBUTES.backupId, value: backupId },
     { key: SEARCH_ATTRIBUTES.volumeId, value: input.volumeId },
@@ -28,14 +28,18 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
   ]);
   const saga = new Saga();
   let reason = '';
+  // Control steps as local activities and one node activity per data path (see
+  // activities.ts); histories from before run their steps as they did then.
+  const mode = patched('local-control-steps') ? 'local' : 'remote';
+  const first = mode === 'local' ? { control: localControl, compensation: localCompensation } : { control, compensation: defaultCompensation };
   try {
     tracker.phase('validating');
     // beginBackup claims the volume and records the backup in one transaction; should it fail
     // or be cancelled after that commit, this undo puts both back (it finds nothing otherwise).
     // Versioned: histories from before it had no undo here.
     const undoBegin = patched('fail-backup-after-begin');
-    if (undoBegin) saga.add('fail backup', () => defaultCompensation.failBackup({ backupId, reason }));
-    const plan = await control.beginBackup({
+    if (undoBegin) saga.add('fail backup', () => first.compensation.failBackup({ backupId, reason }));
+    const plan = await first.control.beginBackup({
       backupId,
       volumeId: input.volumeId,
       target: input.target,
@@ -44,7 +48,8 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
       snapshotId: input.snapshotId,
       ...(input.incremental !== undefined ? { incremental: input.incremental } : {}),
     });
-    const { control: ctl, compensation } = activities(plan.timeouts);
+    const acts = activities(plan.timeouts, mode);
+    const { control: ctl, compensation } = acts;
     if (!undoBegin) saga.add('fail backup', () => compensation.failBackup({ backupId, reason }));
     if (plan.tempSnapshot) {
       const snapshotId = plan.tempSnapshot.name;
@@ -59,10 +64,10 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
     ]);
     tracker.state.bytesTotal = plan.size;
 
-    const result = await backupTargetFor(plan).backup({ plan, backupId, volumeId: input.volumeId, name: input.name, tracker, saga, acts: activities(plan.timeouts) });
+    const result = await backupTargetFor(plan).backup({ plan, backupId, volumeId: input.volumeId, name: input.name, tracker, saga, acts });
 
     tracker.phase('finalizing');
-    const backup = await ctl.finalizeBackup({ backupId, ...result });
+    const backup = await (mode === 'local' ? acts.commit : ctl).finalizeBackup({ backupId, ...result, ...(mode === 'local' && plan.changeTracking ? { keepChangeBase: true } : {}) });
     // The backup is available now: nothing may undo it any more.
     saga.clear();
     if (plan.tempSnapshot) {

@@ -74,7 +74,8 @@ export class Tracker {
   private limit: number | null = null;
   private retrying = false;
 
-  constructor(init: Partial<Progress>) {
+  constructor(init: Partial<Progress>, limit: number | null = null) {
+    this.limit = limit;
     this.state = { phase: 'starting', bytesDone: 0, bytesTotal: 0, rateBps: 0, node: null, backupId: null, volumeId: null, ...init };
     setHandler(progressQuery, () => this.state);
     setHandler(copyProgressSignal, (p) => {

@@ -32,13 +32,26 @@ export async function runDataPath(req: DataPathRequest): Promise<CopyResult> {
     held.add('terminate source connection', () => compensation.terminateConnection({ loc: req.source }));
     const dst = await control.initializeConnection({ loc: req.dest, readOnly: false });
     held.add('terminate destination connection', () => compensation.terminateConnection({ loc: req.dest }));
-    held.add('detach source', () => acts.undo.detachVolume({ connection: src }));
-    await acts.steps.attachVolume({ connection: src, role: 'source' });
-    held.add('detach destination', () => acts.undo.detachVolume({ connection: dst }));
-    await acts.steps.attachVolume({ connection: dst, role: 'destination' });
+    // One node step (local mode): the copy attaches both volumes, copies and detaches them,
+    // so the node is asked once instead of five times. The undos stay on the stack, for a
+    // copy that fails, is cancelled or loses its node; they are skipped once it says it detached.
+    const oneStep = req.acts.mode === 'local';
+    let detached = false;
+    held.add('detach source', async () => (detached ? undefined : acts.undo.detachVolume({ connection: src })));
+    if (!oneStep) await acts.steps.attachVolume({ connection: src, role: 'source' });
+    held.add('detach destination', async () => (detached ? undefined : acts.undo.detachVolume({ connection: dst })));
+    if (!oneStep) await acts.steps.attachVolume({ connection: dst, role: 'destination' });
     req.tracker.phase('copying');
     req.onCopyStart?.();
-    const result = await acts.copy.copyVolume({ source: src, dest: dst, size: req.size, sparse: req.sparse, bpsLimit: req.tracker.currentLimit() });
+    const result = await acts.copy.copyVolume({
+      source: src,
+      dest: dst,
+      size: req.size,
+      sparse: req.sparse,
+      bpsLimit: req.tracker.currentLimit(),
+      ...(oneStep ? { attach: true } : {}),
+    });
+    detached = result.detached === true;
     req.tracker.state.lastCopy = { resumedFrom: result.resumedFrom, bytesCopied: result.bytesCopied, storedBytes: result.storedBytes, node: result.node };
     req.tracker.state.bytesDone = result.storedBytes;
     req.tracker.state.bytesTotal = result.storedBytes;

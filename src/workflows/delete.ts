@@ -1,7 +1,7 @@
 /** deleteBackup: remove a backup's data and record; refused while it is being restored. */
-import { upsertSearchAttributes } from '@temporalio/workflow';
+import { patched, upsertSearchAttributes } from '@temporalio/workflow';
 import { DeleteBackupInput, SEARCH_ATTRIBUTES } from '../api.js';
-import { compensation, control } from './activities.js';
+import { compensation as remoteCompensation, control as remoteControl, localCompensation, localControl } from './activities.js';
 import { failureReason, failureType, parseInput, Tracker } from './common.js';
 import { backupTargetFor } from './targets/index.js';
 
@@ -12,6 +12,10 @@ export async function deleteBackup(raw: DeleteBackupInput): Promise<{ backupId: 
     { key: SEARCH_ATTRIBUTES.backupId, value: input.backupId },
     { key: SEARCH_ATTRIBUTES.status, value: 'deleting' },
   ]);
+  // Control steps as local activities (see activities.ts); histories from before as they ran then.
+  const local = patched('local-control-steps');
+  const control = local ? localControl : remoteControl;
+  const compensation = local ? localCompensation : remoteCompensation;
   tracker.phase('validating');
   const begun = await control.beginDeleteBackup({ backupId: input.backupId });
   try {

@@ -17,8 +17,11 @@ export interface AttachedRequest<R> {
   key: string;
   tracker: Tracker;
   acts: Activities;
-  /** The node step that moves the bytes, with the volume attached on `node`. */
-  run: (node: NodeActs, connection: ConnectionInfo) => Promise<R>;
+  /**
+   * The node step that moves the bytes, with the volume attached on `node`; `attach` goes
+   * into its input: `{ attach: true }` when the step attaches and detaches the volume itself.
+   */
+  run: (node: NodeActs, connection: ConnectionInfo, attach: { attach?: true }) => Promise<R & { detached?: boolean }>;
   /** Called right before bytes start landing on a destination volume. */
   onCopyStart?: () => void;
 }
@@ -29,10 +32,15 @@ export async function runOnAttached<R>(req: AttachedRequest<R>): Promise<R> {
     req.tracker.phase('attaching');
     const conn = await control.initializeConnection({ loc: req.volume, readOnly: req.readOnly });
     held.add('terminate connection', () => compensation.terminateConnection({ loc: req.volume }));
-    held.add('detach volume', () => acts.undo.detachVolume({ connection: conn }));
-    await acts.steps.attachVolume({ connection: conn, role: req.readOnly ? 'source' : 'destination' });
+    // Local mode: one node step attaches, moves the chunks and detaches (see datapath.ts).
+    const oneStep = req.acts.mode === 'local';
+    let detached = false;
+    held.add('detach volume', async () => (detached ? undefined : acts.undo.detachVolume({ connection: conn })));
+    if (!oneStep) await acts.steps.attachVolume({ connection: conn, role: req.readOnly ? 'source' : 'destination' });
     req.tracker.phase(req.readOnly ? 'uploading chunks' : 'downloading chunks');
     req.onCopyStart?.();
-    return req.run(acts, conn);
+    const result = await req.run(acts, conn, oneStep ? { attach: true } : {});
+    detached = result.detached === true;
+    return result;
   });
 }

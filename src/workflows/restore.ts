@@ -3,9 +3,9 @@
  * new volume (backend + pool) or an existing `available` volume at least as large.
  * Same saga shape as the backup; the backup itself is only read and stays `available`.
  */
-import { upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
+import { patched, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
 import { RestoreBackupInput, SEARCH_ATTRIBUTES, type RestoreResult } from '../api.js';
-import { activities, control } from './activities.js';
+import { activities, control, localControl } from './activities.js';
 import { failureReason, isDamagedBackup, parseInput, Tracker } from './common.js';
 import { backupTargetFor } from './targets/index.js';
 import { Saga } from './saga.js';
@@ -23,10 +23,13 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
   let reason = '';
   let dataTouched = false;
   let keepVolume = false;
+  // Control steps as local activities (see activities.ts); histories from before as they ran then.
+  const mode = patched('local-control-steps') ? 'local' : 'remote';
   try {
     tracker.phase('validating');
-    const plan = await control.beginRestore({ ...input, newVolumeId });
-    const { control: ctl, compensation } = activities(plan.timeouts);
+    const plan = await (mode === 'local' ? localControl : control).beginRestore({ ...input, newVolumeId });
+    const acts = activities(plan.timeouts, mode);
+    const { control: ctl, compensation } = acts;
     saga.add('fail restore', () =>
       compensation.failRestore({
         backupId: plan.backupId,
@@ -41,10 +44,10 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
     tracker.state.bytesTotal = plan.size;
 
     if (plan.createdVolume) saga.add('delete new volume', async () => (keepVolume ? undefined : compensation.deleteBackendVolume({ loc: plan.dest })));
-    await backupTargetFor(plan).restore({ plan, tracker, acts: activities(plan.timeouts), touched: () => (dataTouched = true) });
+    await backupTargetFor(plan).restore({ plan, tracker, acts, touched: () => (dataTouched = true) });
 
     tracker.phase('finalizing');
-    const volume = await ctl.finalizeRestore({ backupId: plan.backupId, volumeId: plan.volumeId });
+    const volume = await (mode === 'local' ? acts.commit : ctl).finalizeRestore({ backupId: plan.backupId, volumeId: plan.volumeId });
     tracker.phase('done');
     tracker.status('available');
     return { volume, backupId: plan.backupId };

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { listLoopDevices } from '../../src/connectors/loop.js';
 import { AttachmentLedger } from '../../src/node/ledger.js';
 import type { TestEnv } from './env.js';
+import { changeBaseName } from '../../src/names.js';
 
 export interface LeakReport {
   loopDevices: string[];
@@ -42,6 +43,19 @@ export async function findLeaks(env: TestEnv): Promise<LeakReport> {
   for (const v of await cat.listVolumes()) known.add(`${v.backend}/${v.pool ?? ''}/${v.id}`);
   for (const s of await cat.listSnapshots()) known.add(`${s.backend}/${s.pool ?? ''}/${s.id}`);
   for (const b of await cat.listBackups()) if (b.location) known.add(`${b.location.backend}/${b.location.pool ?? ''}/${b.location.name}`);
+  // The newest available backup of a volume in a target keeps a clone of what it read (change tracking).
+  // Only that one: an older backup's clone left behind is a leak.
+  const volumes = new Map((await cat.listVolumes()).map((v) => [v.id, v]));
+  const newest = new Map<string, { id: string; createdAt: string }>();
+  for (const b of await cat.listBackups()) {
+    const k = `${b.volumeId}/${b.target}`;
+    const n = newest.get(k);
+    if (b.status === 'available' && (!n || b.createdAt > n.createdAt)) newest.set(k, b);
+  }
+  for (const [k, b] of newest) {
+    const v = volumes.get(k.split('/')[0]!);
+    if (v) known.add(`${v.backend}/${v.pool ?? ''}/${changeBaseName(b.id)}`);
+  }
   const unreferencedVolumes: string[] = [];
   const partialFiles: string[] = [];
   for (const [name, d] of env.rt.drivers) {

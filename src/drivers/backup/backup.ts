@@ -67,6 +67,13 @@ export interface BackupToStoreOptions {
    */
   dataExtents?: Extent[] | null;
   /**
+   * Byte ranges that may differ from the parent backup (`parentId`, which must be given
+   * with it); every chunk that does not overlap one is taken from the parent without being
+   * read. From changed-block tracking (copy/cbt.ts). A retry whose pending record names
+   * another parent ignores it and reads everything.
+   */
+  changed?: Extent[] | null;
+  /**
    * The heartbeat's doneOffset of an earlier attempt. Honoured only when that attempt's
    * pending record is in the store with the same key space and size; parent and chunk size
    * then come from that record, whatever this call asks, so a retry finishes what was begun.
@@ -89,6 +96,8 @@ export interface BackupToStoreResult {
   /** Where this attempt started (0 for a first attempt). */
   resumedFrom: number;
   bytesRead: number;
+  /** Bytes of chunks taken from the parent unread, because `changed` left them out. */
+  bytesSkippedByCbt: number;
   /** Encoded bytes put by this attempt. */
   bytesStored: number;
   chunksStored: number;
@@ -103,11 +112,12 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
   checkId('volumeId', volumeId);
   if (!Number.isSafeInteger(size) || size <= 0) throw new InvalidInput(`backup size must be a positive whole number of bytes, got ${size}`);
   const concurrency = Math.max(1, opts.concurrency ?? DEFAULT_CONCURRENCY);
+  if (opts.changed) checkChanged(opts.changed, opts.parentId);
 
   const done = await readMetadata(store, backupId);
   if (done) {
     await cleanupProgress(store, backupId);
-    return { metadata: done, resumedFrom: size, bytesRead: 0, bytesStored: 0, chunksStored: 0, alreadyComplete: true };
+    return { metadata: done, resumedFrom: size, bytesRead: 0, bytesSkippedByCbt: 0, bytesStored: 0, chunksStored: 0, alreadyComplete: true };
   }
 
   const key = await target.key();
@@ -168,6 +178,10 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
 
   const view = new ChunkView(size, chunkSize);
   const count = view.count;
+  // `changed` describes the difference from opts.parentId only: a retry building on the
+  // parent its pending record names (another one) must read everything.
+  const unchanged = opts.changed && parentView && pending.parent === opts.parentId ? chunksOutside(opts.changed, count, chunkSize) : null;
+  let bytesSkippedByCbt = 0;
 
   // What earlier attempts recorded: a contiguous prefix of chunks, hashed and stored.
   let journalEnd = 0;
@@ -343,6 +357,14 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
         finish(i);
         continue;
       }
+      // Untouched since the parent: its hash (or its zeros) stands, unread. A chunk the
+      // parent has with another length (the volume grew or shrank) is read.
+      if (unchanged && unchanged[i] === 1 && parentView!.lengthOf(i) === view.lengthOf(i)) {
+        view.set(i, parentView!.hashAt(i));
+        bytesSkippedByCbt += view.lengthOf(i);
+        finish(i);
+        continue;
+      }
       await inFlight.acquire();
       const slot: Slot = { buf: await buffers.take(), space: await spaces.take() };
       await reads.acquire();
@@ -440,7 +462,28 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
   await store.put(keys.metadata(backupId), Buffer.from(JSON.stringify(metadata)));
   await cleanupProgress(store, backupId);
   opts.onProgress?.({ doneOffset: size, bytesRead, bytesStored });
-  return { metadata, resumedFrom, bytesRead, bytesStored, chunksStored, alreadyComplete: false };
+  return { metadata, resumedFrom, bytesRead, bytesSkippedByCbt, bytesStored, chunksStored, alreadyComplete: false };
+}
+
+/** `changed` is byte ranges over a given parent: anything else is a caller's mistake, not a reason to read less. */
+function checkChanged(changed: Extent[], parentId: string | null | undefined): void {
+  if (!parentId) throw new InvalidInput('changed ranges (changed-block tracking) describe the difference from a parent backup: give parentId with them');
+  for (const e of changed) {
+    if (!Number.isSafeInteger(e.start) || !Number.isSafeInteger(e.end) || e.start < 0 || e.end < e.start) {
+      throw new InvalidInput(`changed range ${e.start}..${e.end} is not a range of whole bytes`);
+    }
+  }
+}
+
+/** 1 for every chunk that no range overlaps. */
+function chunksOutside(ranges: Extent[], count: number, chunkSize: number): Uint8Array {
+  const out = new Uint8Array(count).fill(1);
+  for (const e of ranges) {
+    if (e.end <= e.start) continue;
+    const last = Math.min(count, Math.ceil(e.end / chunkSize));
+    for (let i = Math.floor(e.start / chunkSize); i < last; i++) out[i] = 0;
+  }
+  return out;
 }
 
 /** Removes an unfinished backup's bookkeeping (pending record and journal). */

@@ -122,11 +122,12 @@ export type ChunkBuffer = SharedArrayBuffer;
 interface JobBase {
   id: number;
 }
+/** `off`, `outOff`: where in its buffer the chunk starts (a buffer of a SlabPool, aligned for O_DIRECT). */
 type Job =
-  | (JobBase & { op: 'hash'; buf: ChunkBuffer; len: number })
-  | (JobBase & { op: 'encode'; buf: ChunkBuffer; len: number; space: ChunkBuffer; sha: string; compress: boolean; key: Uint8Array | null })
-  | (JobBase & { op: 'hashEncode'; buf: ChunkBuffer; len: number; space: ChunkBuffer; skipSha: string | null; compress: boolean; key: Uint8Array | null })
-  | (JobBase & { op: 'decode'; body: ChunkBuffer; bodyLen: number; out: ChunkBuffer; len: number; sha: string; key: Uint8Array | null });
+  | (JobBase & { op: 'hash'; buf: ChunkBuffer; off: number; len: number })
+  | (JobBase & { op: 'encode'; buf: ChunkBuffer; off: number; len: number; space: ChunkBuffer; sha: string; compress: boolean; key: Uint8Array | null })
+  | (JobBase & { op: 'hashEncode'; buf: ChunkBuffer; off: number; len: number; space: ChunkBuffer; skipSha: string | null; compress: boolean; key: Uint8Array | null })
+  | (JobBase & { op: 'decode'; body: ChunkBuffer; bodyLen: number; out: ChunkBuffer; outOff: number; len: number; sha: string; key: Uint8Array | null });
 
 interface Reply {
   id: number;
@@ -162,6 +163,13 @@ function codecWorker(req: NodeJS.Require, zstdFrom: string, zstdLevel: number): 
     return b.equals(zeros.subarray(0, b.length));
   };
   const sha256 = (b: Buffer) => crypto.createHash('sha256').update(b).digest();
+  // Copies into shared memory with memcpy: Buffer.copy (TypedArray.set) copies into a
+  // SharedArrayBuffer word by word with relaxed atomics, several times slower on cold data.
+  // fill() with a buffer as large as the range is one memcpy.
+  const put = (dest: Buffer, src: Buffer, at: number): number => {
+    if (src.length > 0) dest.fill(src, at, at + src.length);
+    return src.length;
+  };
 
   // Compressing incompressible data (media, archives, encrypted files) costs as much as
   // compressing text and saves nothing: a 64 KiB sample from four places decides first.
@@ -208,15 +216,15 @@ function codecWorker(req: NodeJS.Require, zstdFrom: string, zstdLevel: number): 
       let at = headLen;
       for (let k = 0; k < payload.length; k += PIECE) {
         const part = c.update(payload.subarray(k, k + PIECE));
-        at += part.copy(out, at);
+        at += put(out, part, at);
         if (crc) sum = crc(part, sum);
       }
       const rest = c.final();
-      at += rest.copy(out, at);
+      at += put(out, rest, at);
       c.getAuthTag().copy(out, at);
       if (crc) sum = crc(out.subarray(at - rest.length), sum);
     } else {
-      payload.copy(out, headLen);
+      put(out, payload, headLen);
       if (crc) sum = crc(out);
     }
     return { bodyLen, flags, crc32: crc ? sum : null };
@@ -282,7 +290,7 @@ function codecWorker(req: NodeJS.Require, zstdFrom: string, zstdLevel: number): 
         let at = 0;
         for (let k = 0; k < cipher.length; k += PIECE) {
           const part = d.update(cipher.subarray(k, k + PIECE));
-          at += part.copy(dest, at);
+          at += put(dest, part, at);
           h?.update(part);
         }
         // GCM releases nothing at final(); it only checks the tag.
@@ -306,7 +314,7 @@ function codecWorker(req: NodeJS.Require, zstdFrom: string, zstdLevel: number): 
     }
     if (payload.length !== out.length) return { kind: 'length', message: `decodes to ${payload.length} bytes, not ${out.length}` };
     if (!sha256(payload).equals(sha)) return { kind: 'hash', message: 'decodes to bytes whose sha256 does not match the metadata' };
-    payload.copy(out);
+    put(out, payload, 0);
     return undefined;
   }
 
@@ -314,11 +322,12 @@ function codecWorker(req: NodeJS.Require, zstdFrom: string, zstdLevel: number): 
     const reply: Reply = { id: job.id };
     try {
       if (job.op === 'decode') {
-        if (job.len > job.out.byteLength) throw new Error(`a chunk of ${job.len} bytes does not fit its ${job.out.byteLength}-byte buffer`);
-        const failure = decode(Buffer.from(job.body, 0, job.bodyLen), Buffer.from(job.out, 0, job.len), Buffer.from(job.sha, 'hex'), job.key);
+        if (job.outOff + job.len > job.out.byteLength) throw new Error(`a chunk of ${job.len} bytes does not fit its ${job.out.byteLength}-byte buffer`);
+        const failure = decode(Buffer.from(job.body, 0, job.bodyLen), Buffer.from(job.out, job.outOff, job.len), Buffer.from(job.sha, 'hex'), job.key);
         if (failure) reply.failure = failure;
       } else {
-        const plain = Buffer.from(job.buf, 0, job.len);
+        if (job.off + job.len > job.buf.byteLength) throw new Error(`a chunk of ${job.len} bytes does not fit its ${job.buf.byteLength}-byte buffer`);
+        const plain = Buffer.from(job.buf, job.off, job.len);
         let sha: Buffer | null = null;
         let skip = false;
         if (job.op === 'hash' || job.op === 'hashEncode') {
@@ -428,15 +437,15 @@ export class CodecPool {
     });
   }
 
-  /** Zero check and sha256 of the first `len` bytes of `buf`. */
-  async hash(buf: ChunkBuffer, len: number): Promise<HashResult> {
-    const r = await this.run({ id: this.nextId++, op: 'hash', buf, len });
+  /** Zero check and sha256 of `len` bytes of `buf` from `off`. */
+  async hash(buf: ChunkBuffer, len: number, off = 0): Promise<HashResult> {
+    const r = await this.run({ id: this.nextId++, op: 'hash', buf, off, len });
     return { zero: r.zero!, sha: r.sha ? Buffer.from(r.sha, 'hex') : null };
   }
 
-  /** Encodes the first `len` bytes of `buf` into `space` (chunk size + CHUNK_OVERHEAD bytes). */
-  async encode(buf: ChunkBuffer, len: number, space: ChunkBuffer, sha: Buffer, opts: EncodeOptions): Promise<EncodedChunk> {
-    const r = await this.run({ id: this.nextId++, op: 'encode', buf, len, space, sha: sha.toString('hex'), compress: opts.compress, key: own(opts.key) });
+  /** Encodes `len` bytes of `buf` from `off` into `space` (chunk size + CHUNK_OVERHEAD bytes). */
+  async encode(buf: ChunkBuffer, len: number, space: ChunkBuffer, sha: Buffer, opts: EncodeOptions, off = 0): Promise<EncodedChunk> {
+    const r = await this.run({ id: this.nextId++, op: 'encode', buf, off, len, space, sha: sha.toString('hex'), compress: opts.compress, key: own(opts.key) });
     return { bytes: Buffer.from(space, 0, r.bodyLen), crc32: r.crc32 ?? null };
   }
 
@@ -444,11 +453,12 @@ export class CodecPool {
    * Hash, and unless the chunk is zeros or hashes to `skipSha`, encode into `space` in the
    * same trip: the common case of a backup costs one round trip per chunk.
    */
-  async hashEncode(buf: ChunkBuffer, len: number, space: ChunkBuffer, skipSha: Buffer | null, opts: EncodeOptions): Promise<HashResult & { body: EncodedChunk | null }> {
+  async hashEncode(buf: ChunkBuffer, len: number, space: ChunkBuffer, skipSha: Buffer | null, opts: EncodeOptions, off = 0): Promise<HashResult & { body: EncodedChunk | null }> {
     const r = await this.run({
       id: this.nextId++,
       op: 'hashEncode',
       buf,
+      off,
       len,
       space,
       skipSha: skipSha ? skipSha.toString('hex') : null,
@@ -460,11 +470,19 @@ export class CodecPool {
   }
 
   /**
-   * Decodes a chunk object (the first `bodyLen` bytes of `body`) into the first `len` bytes
-   * of `out` and checks it against `sha`: `failure` says why it does not decode to that.
+   * Decodes a chunk object (the first `bodyLen` bytes of `body`) into `len` bytes of `out`
+   * from `outOff` and checks it against `sha`: `failure` says why it does not decode to that.
    */
-  async decode(body: ChunkBuffer, bodyLen: number, out: ChunkBuffer, len: number, sha: Buffer, key: Buffer | null): Promise<{ failure: { kind: DecodeFailure; message: string } | null }> {
-    const r = await this.run({ id: this.nextId++, op: 'decode', body, bodyLen, out, len, sha: sha.toString('hex'), key: own(key) });
+  async decode(
+    body: ChunkBuffer,
+    bodyLen: number,
+    out: ChunkBuffer,
+    len: number,
+    sha: Buffer,
+    key: Buffer | null,
+    outOff = 0,
+  ): Promise<{ failure: { kind: DecodeFailure; message: string } | null }> {
+    const r = await this.run({ id: this.nextId++, op: 'decode', body, bodyLen, out, outOff, len, sha: sha.toString('hex'), key: own(key) });
     return { failure: r.failure ?? null };
   }
 

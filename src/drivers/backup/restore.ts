@@ -1,7 +1,7 @@
 /**
  * Restore: a backup's chain from an object target onto a volume, resuming from what is written and synced.
  */
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { VolumeTooSmall } from '../../errors.js';
 import type { Throttle } from '../../copy/throttle.js';
 import { BufferPool, CHUNK_OVERHEAD, sharedCodecPool, type ChunkBuffer, type CodecPool } from './codec.js';
@@ -11,6 +11,7 @@ import { type ObjectStore } from './stores/store.js';
 import { ChunkedTarget } from './target.js';
 import { DoneMarks, Semaphore, abortError, asError, chunkLabel, deviceSize } from './pool.js';
 import { openChain } from './chain.js';
+import { SlabPool, alignForWrites, directable, openDirectWriter, refusedDirect, type SlabBuffer } from './direct.js';
 
 /** Downloads in flight: GETs of cold objects wait on the server's disk, so more of them overlap better. */
 export const DEFAULT_RESTORE_CONCURRENCY = 8;
@@ -27,13 +28,14 @@ function chunkError(kind: string, message: string, chunk: { offset: number; sha2
   return new ChunkCorrupt(text, chunk);
 }
 
-/** Buffers one chunk read needs: the decoded chunk (chunk size) and the object as fetched (chunk size + CHUNK_OVERHEAD). */
+/** Buffers one chunk read needs: the decoded chunk (chunk size, from `outOff`) and the object as fetched (chunk size + CHUNK_OVERHEAD). */
 export interface ReadSlot {
   out: ChunkBuffer;
+  outOff?: number;
   body: ChunkBuffer;
 }
 
-/** Fetches and decodes one chunk into `slot.out`; throws a ChunkCorrupt naming it. Returns the bytes fetched. */
+/** Fetches and decodes one chunk into `slot.out` (from `slot.outOff`); throws a ChunkCorrupt naming it. Returns the bytes fetched. */
 export async function fetchChunk(
   store: ObjectStore,
   codec: CodecPool,
@@ -52,7 +54,7 @@ export async function fetchChunk(
   } catch (e) {
     throw e instanceof ObjectNotFound ? chunkError('missing', 'is missing from the store', chunk, backupId) : e;
   }
-  const r = await codec.decode(got.buffer, got.length, slot.out, chunk.length, Buffer.from(chunk.sha256, 'hex'), sealKey);
+  const r = await codec.decode(got.buffer, got.length, slot.out, chunk.length, Buffer.from(chunk.sha256, 'hex'), sealKey, slot.outOff ?? 0);
   if (r.failure) throw chunkError(r.failure.kind, r.failure.message, chunk, backupId);
   return got.length;
 }
@@ -98,18 +100,50 @@ export async function restoreFromStore(opts: RestoreFromStoreOptions): Promise<R
   const resumedFrom = Math.min(size, startIdx * chunkSize);
 
   const fh = await open(opts.dest, 'r+');
+  let direct: FileHandle | null = null;
   const codec = opts.codec ?? sharedCodecPool();
   try {
     const destSize = await deviceSize(opts.dest, fh);
     if (destSize < size) throw new VolumeTooSmall(`${opts.dest} holds ${destSize} bytes; backup '${backupId}' needs ${size}`);
-    // One output buffer per download, and two for chunks being written.
+    // One output buffer per download, and two for chunks being written; plus one of zeros to
+    // write zero chunks with, when the destination is not known to read zeros.
     const window = concurrency + 2;
-    const buffers = new BufferPool(window, chunkSize);
+    const outs = new SlabPool(window + (opts.destIsZero ? 0 : 1), chunkSize);
     const bodies = new BufferPool(window, chunkSize + CHUNK_OVERHEAD);
     const inFlight = new Semaphore(window);
     const downloads = new Semaphore(concurrency);
     const written = new DoneMarks(count, startIdx);
-    const zeros = opts.destIsZero ? null : Buffer.alloc(chunkSize);
+
+    // Decoded chunks go to the volume with O_DIRECT where it can be had (direct.ts). The
+    // alignment probe writes one block of zeros at the start of the first chunk this restore
+    // writes (and writes whole), so nothing outside what is restored is touched.
+    let first = startIdx;
+    while (first < count && ((opts.destIsZero && view.hexAt(first) === null) || !directable(view.lengthOf(first), first * chunkSize))) first++;
+    if (first < count) direct = await openDirectWriter(opts.dest);
+    if (direct && !alignForWrites(outs, direct, first * chunkSize)) {
+      await direct.close();
+      direct = null;
+    }
+    const zeros = opts.destIsZero ? null : await outs.take();
+    const writeChunk = async (b: SlabBuffer, len: number, position: number): Promise<void> => {
+      const data = new Uint8Array(b.buf, b.off, len);
+      let at = 0;
+      if (direct && directable(len, position)) {
+        try {
+          // A short direct write leaves an unaligned rest: that goes through the cache.
+          at = (await direct.write(data, 0, len, position)).bytesWritten;
+        } catch (e) {
+          if (!refusedDirect(e)) throw e;
+          // Refused (not failed): nothing was written. Through the cache from now on.
+          direct = null;
+        }
+      }
+      while (at < len) {
+        const { bytesWritten } = await fh.write(data, at, len - at, position + at);
+        if (bytesWritten === 0) throw new Error(`${opts.dest}: wrote nothing at byte ${position + at}`);
+        at += bytesWritten;
+      }
+    };
     let bytesWritten = 0;
     let bytesFetched = 0;
     let failure: Error | null = null;
@@ -148,8 +182,7 @@ export async function restoreFromStore(opts: RestoreFromStoreOptions): Promise<R
           await inFlight.acquire();
           const idx = i;
           track(
-            fh
-              .write(zeros, 0, len, offset)
+            writeChunk(zeros, len, offset)
               .then(() => {
                 bytesWritten += len;
                 written.set(idx);
@@ -167,7 +200,8 @@ export async function restoreFromStore(opts: RestoreFromStoreOptions): Promise<R
       const chunk = { offset, length: len, sha256: hex, key: keys.chunk(last.chunkSpace, hex) };
       track(
         (async () => {
-          const slot: ReadSlot = { out: await buffers.take(), body: await bodies.take() };
+          const out = await outs.take();
+          const slot: ReadSlot = { out: out.buf, outOff: out.off, body: await bodies.take() };
           try {
             await downloads.acquire();
             try {
@@ -177,12 +211,12 @@ export async function restoreFromStore(opts: RestoreFromStoreOptions): Promise<R
             } finally {
               downloads.release();
             }
-            await fh.write(new Uint8Array(slot.out, 0, len), 0, len, offset);
+            await writeChunk(out, len, offset);
             bytesWritten += len;
             written.set(idx);
             maybeSync();
           } finally {
-            buffers.give(slot.out);
+            outs.give(out);
             bodies.give(slot.body);
           }
         })().finally(() => inFlight.release()),
@@ -202,6 +236,7 @@ export async function restoreFromStore(opts: RestoreFromStoreOptions): Promise<R
     report();
     return { metadata: last, resumedFrom, bytesWritten, bytesFetched };
   } finally {
+    await direct?.close();
     await fh.close();
   }
 }

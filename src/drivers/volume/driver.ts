@@ -14,6 +14,7 @@ import { statfs } from 'node:fs/promises';
 import { InsufficientSpace, PoolNotFound } from '../../errors.js';
 import { formatBytes } from '../../size.js';
 import type { Extent } from '../../copy/extents.js';
+import type { ChangedBlocks } from '../../copy/cbt.js';
 
 /** A volume (or snapshot, or backup volume) as the storage knows it. */
 export interface VolumeLocator {
@@ -85,6 +86,12 @@ export interface VolumeDriver {
    * falls back to the generic attach + dd path.
    */
   storageAssistedCopy(sourceDriver: VolumeDriver, source: VolumeLocator, dest: VolumeLocator): Promise<boolean>;
+  /**
+   * Changed-block tracking: which byte ranges of `current` may differ from `base` (a
+   * point-in-time copy this driver made of an ancestor of `current`), or why the storage
+   * cannot tell. Never a subset of what really changed.
+   */
+  changedBlocks(base: VolumeLocator, current: VolumeLocator, size: number): Promise<ChangedBlocks>;
 }
 
 export abstract class BaseVolumeDriver implements VolumeDriver {
@@ -127,6 +134,10 @@ export abstract class BaseVolumeDriver implements VolumeDriver {
             : `backend '${this.backend}' has no pool '${pool}' (pools: ${known.join(', ')})`,
       );
     }
+  }
+
+  async changedBlocks(_base: VolumeLocator, _current: VolumeLocator, _size: number): Promise<ChangedBlocks> {
+    return { method: 'fallback', reason: `backend '${this.backend}' (driver ${this.driverName}) cannot tell which blocks changed` };
   }
 
   placeLocation(pool: string | null): string {

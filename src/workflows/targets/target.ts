@@ -17,6 +17,8 @@ export interface StoredBackup {
   method: string;
   node: string | null;
   parentId?: string | null;
+  /** Object targets (local mode): how the changes were found (BackupView.changes). */
+  changes?: string;
 }
 
 export interface BackupContext {

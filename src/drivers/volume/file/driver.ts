@@ -10,6 +10,7 @@ import { BaseVolumeDriver, type ConnectionInfo, type DriverCapabilities, type Vo
 import { InvalidName, VolumeExists } from '../../../errors.js';
 import { rawDataExtents, type Extent } from '../../../copy/extents.js';
 import { sha256File } from '../../../copy/checksum.js';
+import { changedSince, type ChangedBlocks } from '../../../copy/cbt.js';
 const SAFE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
 /** Defence in depth: names were validated at the edge, but a path is built here. */
@@ -129,6 +130,17 @@ export class FileVolumeDriver extends BaseVolumeDriver {
       await execa('cp', ['--sparse=always', '--', src, tmp]);
     }
     await rename(tmp, dst);
+  }
+
+  /**
+   * Reflink images: the extent maps of the base (a clone) and the current image say what
+   * changed (copy/cbt.ts). Plain copies share no extents, so nothing can be told from them.
+   */
+  override async changedBlocks(base: VolumeLocator, current: VolumeLocator, size: number): Promise<ChangedBlocks> {
+    if ((await this.capabilities()).snapshotMethod !== 'reflink') {
+      return { method: 'fallback', reason: `backend '${this.backend}' snapshots by copying (no reflinks at '${this.root}'), so extent maps cannot tell what changed` };
+    }
+    return changedSince({ base: this.imagePath(base), current: this.imagePath(current), size });
   }
 
   initializeConnection(loc: VolumeLocator, opts: { readOnly?: boolean } = {}): ConnectionInfo {

@@ -21,7 +21,10 @@ function readExactly(body: Readable, out: Buffer, key: string): Promise<void> {
         body.destroy(new Error(`object '${key}' is longer than its Content-Length ${length}`));
         return;
       }
-      at += d.copy(out, at);
+      // fill() with a buffer as long as the range is one memcpy; copy() (TypedArray.set)
+      // copies into a SharedArrayBuffer word by word with relaxed atomics, ~2x the CPU.
+      if (d.length > 0) out.fill(d, at, at + d.length);
+      at += d.length;
     });
     body.on('error', reject);
     body.on('end', () => (at === length ? resolve() : reject(new Error(`object '${key}' ended after ${at} of ${length} bytes`))));
