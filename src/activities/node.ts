@@ -183,7 +183,7 @@ export function createNodeActivities(deps: NodeDeps) {
    */
   const detachAfterCopy = async (connections: ConnectionInfo[]): Promise<boolean> => {
     try {
-      for (const c of connections) await detach(c);
+      await Promise.all(connections.map((c) => detach(c)));
       return true;
     } catch (e) {
       log.warn('detach after the copy failed; the workflow detaches', { error: String(e) });
@@ -212,12 +212,14 @@ export function createNodeActivities(deps: NodeDeps) {
       const wf = c.info.workflowExecution?.workflowId ?? 'none';
       const last = c.info.heartbeatDetails as CopyHeartbeat | undefined;
       const resumedFrom = last?.doneOffset ?? 0;
+      // Asked while the devices attach (one process less on the path; it cannot fail: null means "all of it").
+      const sourceExtents = connector.dataExtents(input.source, input.size);
       // Attaching is idempotent; a retry on a restarted node finds or remakes the devices.
       const src = input.attach ? await attach(input.source, 'source') : await connector.connectVolume(input.source);
       const dst = input.attach ? await attach(input.dest, 'destination') : await connector.connectVolume(input.dest);
       if (c.info.attempt > 1) await killStrayCopies(dst.device);
       await failpoint('copy');
-      const extents = copyExtentsOf(await connector.dataExtents(input.source, input.size), input.size);
+      const extents = copyExtentsOf(await sourceExtents, input.size);
       const storedBytes = extentBytes(extents);
       const bytesBefore = extentBytes(extents.map((e) => ({ start: e.start, end: Math.min(e.end, Math.max(e.start, resumedFrom)) })));
       // The limit in force when the copy was scheduled comes with the input; later

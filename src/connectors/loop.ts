@@ -6,7 +6,7 @@
  * after a crash the name in our history may belong to somebody else's loop device,
  * while the backing file identifies ours for certain.
  */
-import { realpath, statfs } from 'node:fs/promises';
+import { readdir, readFile, realpath, statfs } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { execa } from 'execa';
 import type { ConnectionInfo } from '../drivers/volume/driver.js';
@@ -23,7 +23,32 @@ export interface LoopDevice {
 export class AttachError extends GbackupError {}
 
 /** Every loop device on this host, with its backing file (without losetup's ' (deleted)' suffix). */
+/**
+ * Every attached loop device. Read from sysfs (/sys/block/loopN/loop/backing_file exists
+ * exactly while loopN is bound to a file): no process to start, which made two of the ~10
+ * process starts of a copy. `losetup --list` where sysfs is not mounted.
+ */
 export async function listLoopDevices(): Promise<LoopDevice[]> {
+  let names: string[];
+  try {
+    names = (await readdir('/sys/block')).filter((n) => /^loop\d+$/.test(n));
+  } catch {
+    return listWithLosetup();
+  }
+  const found = await Promise.all(
+    names.map(async (n): Promise<LoopDevice | null> => {
+      try {
+        const [back, ro] = await Promise.all([readFile(`/sys/block/${n}/loop/backing_file`, 'utf8'), readFile(`/sys/block/${n}/ro`, 'utf8')]);
+        return { device: `/dev/${n}`, backingFile: back.trim().replace(/ \(deleted\)$/, ''), readOnly: ro.trim() === '1' };
+      } catch {
+        return null; // not bound to a file (or detached meanwhile)
+      }
+    }),
+  );
+  return found.filter((d): d is LoopDevice => d !== null);
+}
+
+async function listWithLosetup(): Promise<LoopDevice[]> {
   const { stdout } = await execa('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE,RO']);
   if (stdout.trim() === '') return [];
   const parsed = JSON.parse(stdout) as { loopdevices?: { name: string; 'back-file': string | null; ro: boolean | string }[] };
@@ -101,18 +126,14 @@ export class LoopConnector implements Connector {
 
   /** Detaches every loop device backed by the volume's file; nothing attached is success. */
   async disconnectVolume(info: Pick<ConnectionInfo, 'path'>): Promise<{ detached: string[] }> {
-    const detached: string[] = [];
-    for (const d of await this.devicesFor(info.path)) {
-      try {
-        await execa('losetup', ['--detach', d.device]);
-        detached.push(d.device);
-      } catch (e) {
-        // Gone between list and detach: that is the state we want.
-        if ((await this.devicesFor(info.path)).some((x) => x.device === d.device)) {
-          throw new AttachError(`losetup could not detach ${d.device}: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`);
-        }
-      }
-    }
-    return { detached };
+    const devices = (await this.devicesFor(info.path)).map((d) => d.device);
+    if (devices.length === 0) return { detached: [] };
+    const r = await execa('losetup', ['--detach', ...devices], { reject: false });
+    if (r.exitCode === 0) return { detached: devices };
+    // Some were gone between list and detach: that is the state we want; any still there is not.
+    const left = new Set((await listLoopDevices()).map((d) => d.device));
+    const stuck = devices.filter((d) => left.has(d));
+    if (stuck.length > 0) throw new AttachError(`losetup could not detach ${stuck.join(', ')}: ${r.stderr || r.message}`);
+    return { detached: devices };
   }
 }

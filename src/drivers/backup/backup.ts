@@ -19,7 +19,7 @@ import { ChunkMissing, NoParentBackup } from './errors.js';
 import { BackupMetadata, ChunkView, FORMAT, FORMAT_VERSION, JournalRecord, keys } from './format.js';
 import { listAll, type ObjectStore } from './stores/store.js';
 import { ChunkedTarget } from './target.js';
-import { DoneMarks, Semaphore, abortError, asError, checkId, chunkLabel, chunksWithData, isPermanent, readFully } from './pool.js';
+import { DoneMarks, Semaphore, abortError, asError, checkId, chunkLabel, chunksOverlapping, forEachLimited, isPermanent, readFully, sourceExtents } from './pool.js';
 import { findLatestBackup, loadChain, readJournals, readMetadata, readPending } from './chain.js';
 import { deleteBackup } from './prune.js';
 
@@ -114,11 +114,19 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
   const concurrency = Math.max(1, opts.concurrency ?? DEFAULT_CONCURRENCY);
   if (opts.changed) checkChanged(opts.changed, opts.parentId);
 
+  // The pending record is read alongside (one round trip less before the first read).
+  const pendingRead = readPending(store, backupId);
+  pendingRead.catch(() => undefined);
   const done = await readMetadata(store, backupId);
   if (done) {
     await cleanupProgress(store, backupId);
     return { metadata: done, resumedFrom: size, bytesRead: 0, bytesSkippedByCbt: 0, bytesStored: 0, chunksStored: 0, alreadyComplete: true };
   }
+
+  // Where the source holds data is asked now (of xfs_io, for a file: ~30 ms), while the
+  // store is consulted, rather than after: the first read starts that much sooner.
+  const extentsAsked = sourceExtents(opts.dataExtents, opts.source, size);
+  extentsAsked.catch(() => undefined);
 
   const key = await target.key();
   const space = chunkSpace(key);
@@ -127,7 +135,7 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
 
   // An earlier attempt's pending record fixes parent and chunk size for every retry, so
   // what it stored stays valid; a change of key means starting over.
-  let pending = await readPending(store, backupId);
+  let pending = await pendingRead;
   if (pending && (pending.chunkSpace !== space || pending.size !== size || pending.volumeId !== volumeId)) {
     // What that attempt stored is unusable now: reclaim it like an abandoned backup.
     await deleteBackup({ target, backupId });
@@ -141,16 +149,18 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
     if (pending.parent !== null) chain = await loadChain(store, pending.parent);
   } else {
     let parentId: string | null = null;
+    let latest: BackupMetadata | null = null;
     if (opts.parentId) {
       parentId = opts.parentId;
     } else if (opts.incremental) {
-      parentId = (await findLatestBackup(store, volumeId, { chunkSpace: space, chunkSize }))?.backupId ?? null;
+      latest = await findLatestBackup(store, volumeId, { chunkSpace: space, chunkSize });
+      parentId = latest?.backupId ?? null;
       if (parentId === null && opts.requireParent) {
         throw new NoParentBackup(`volume '${volumeId}' has no complete backup in target '${target.name}' (with this key and chunk size) to make an incremental on`);
       }
     }
     if (parentId !== null) {
-      chain = await loadChain(store, parentId);
+      chain = await loadChain(store, parentId, latest);
       const p = chain[chain.length - 1]!;
       if (p.chunkSpace !== space || p.chunkSize !== chunkSize) {
         throw new InvalidInput(
@@ -204,7 +214,7 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
   const trustedEnd = Math.max(journalEnd, heartbeatEnd);
   const resumedFrom = Math.min(size, Math.max(journalEnd, trustedEnd) * chunkSize);
 
-  const mayHoldData = await chunksWithData(opts.dataExtents, opts.source, size, chunkSize);
+  const mayHoldData = chunksOverlapping(await extentsAsked, size, chunkSize);
   const codec = opts.codec ?? sharedCodecPool();
   // Chunks being read or encoded, beyond those uploading or waiting to.
   const window = concurrency + READ_AHEAD;
@@ -256,7 +266,8 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
   const report = () => opts.onProgress?.({ doneOffset: Math.min(size, Math.max(known.ptr, trustedEnd) * chunkSize), bytesRead, bytesStored });
   const finish = (i: number) => {
     known.set(i);
-    if (known.ptr - journalFrom >= JOURNAL_CHUNKS || (known.ptr > journalFrom && performance.now() - lastJournal >= JOURNAL_MS)) {
+    // Not once every chunk is done: the metadata, written next, supersedes the journal.
+    if (known.ptr < count && (known.ptr - journalFrom >= JOURNAL_CHUNKS || (known.ptr > journalFrom && performance.now() - lastJournal >= JOURNAL_MS))) {
       lastJournal = performance.now();
       track(writeJournal());
     }
@@ -459,8 +470,11 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
     ...(opts.labels !== undefined ? { labels: opts.labels } : {}),
   };
   BackupMetadata.parse(metadata);
+  // The journal is listed while the metadata is written (every journal write has settled).
+  const journals = listAll(store, keys.journalPrefix(backupId));
+  journals.catch(() => undefined);
   await store.put(keys.metadata(backupId), Buffer.from(JSON.stringify(metadata)));
-  await cleanupProgress(store, backupId);
+  await cleanupProgress(store, backupId, journals);
   opts.onProgress?.({ doneOffset: size, bytesRead, bytesStored });
   return { metadata, resumedFrom, bytesRead, bytesSkippedByCbt, bytesStored, chunksStored, alreadyComplete: false };
 }
@@ -487,7 +501,9 @@ function chunksOutside(ranges: Extent[], count: number, chunkSize: number): Uint
 }
 
 /** Removes an unfinished backup's bookkeeping (pending record and journal). */
-async function cleanupProgress(store: ObjectStore, backupId: string): Promise<void> {
-  for (const k of await listAll(store, keys.journalPrefix(backupId))) await store.delete(k);
+async function cleanupProgress(store: ObjectStore, backupId: string, journals?: Promise<string[]>): Promise<void> {
+  const listed = await (journals ?? listAll(store, keys.journalPrefix(backupId)));
+  await forEachLimited(8, listed.length, (i) => store.delete(listed[i]!));
+  // Last: while it exists, a retry can still find the journal.
   await store.delete(keys.pending(backupId));
 }

@@ -5,6 +5,7 @@ import { BackupNotFound } from '../../errors.js';
 import { dataKey, keyFingerprint } from './codec.js';
 import { BackupChainBroken, MissingKey, ObjectNotFound, UnsupportedFormat, WrongKey } from './errors.js';
 import { BackupMetadata, ChunkView, JournalRecord, keys, parseBackupKey, parseJson, parseMetadata, PendingRecord } from './format.js';
+import { forEachLimited } from './pool.js';
 import { type ObjectStore } from './stores/store.js';
 import { ChunkedTarget } from './target.js';
 
@@ -50,17 +51,19 @@ export async function scanBackups(store: ObjectStore): Promise<Map<string, Store
     if (p.rest.startsWith('journal/')) f.journals.push(key);
     else f.files.add(p.rest);
   }
-  const out = new Map<string, StoredBackup>();
-  for (const [backupId, f] of found) {
-    out.set(backupId, {
-      backupId,
-      metadata: f.files.has('metadata.json') ? await readMetadata(store, backupId) : null,
-      pending: f.files.has('pending.json') ? await readPending(store, backupId) : null,
-      deleting: f.files.has('deleting.json'),
-      journals: f.journals.sort(),
-    });
-  }
-  return out;
+  // Read 8 at a time: one round trip after another made a target of a few hundred backups
+  // cost seconds before every incremental.
+  const entries = [...found];
+  const records: StoredBackup[] = new Array<StoredBackup>(entries.length);
+  await forEachLimited(8, entries.length, async (i) => {
+    const [backupId, f] = entries[i]!;
+    const [metadata, pending] = await Promise.all([
+      f.files.has('metadata.json') ? readMetadata(store, backupId) : null,
+      f.files.has('pending.json') ? readPending(store, backupId) : null,
+    ]);
+    records[i] = { backupId, metadata, pending, deleting: f.files.has('deleting.json'), journals: f.journals.sort() };
+  });
+  return new Map(records.map((r) => [r.backupId, r]));
 }
 
 export async function readJournals(store: ObjectStore, journalKeys: string[]): Promise<JournalRecord[]> {
@@ -104,15 +107,15 @@ export async function findLatestBackup(store: ObjectStore, volumeId: string, mat
   return usable[usable.length - 1]?.metadata ?? null;
 }
 
-/** A backup's chain, root first. */
-export async function loadChain(store: ObjectStore, backupId: string): Promise<BackupMetadata[]> {
+/** A backup's chain, root first. `known`: the backup's own metadata, if the caller has just read it. */
+export async function loadChain(store: ObjectStore, backupId: string, known?: BackupMetadata | null): Promise<BackupMetadata[]> {
   const chain: BackupMetadata[] = [];
   const seen = new Set<string>();
   let id: string | null = backupId;
   while (id !== null) {
     if (seen.has(id)) throw new BackupChainBroken(`backup '${backupId}': its chain loops at '${id}'`);
     seen.add(id);
-    const m = await readMetadata(store, id);
+    const m: BackupMetadata | null = id === backupId && known?.backupId === backupId ? known : await readMetadata(store, id);
     if (!m) {
       if (id === backupId) throw new BackupNotFound(`backup '${backupId}' is not in ${store.location} (no ${keys.metadata(backupId)})`);
       throw new BackupChainBroken(`backup '${backupId}' depends on '${id}', which is not in ${store.location}`);

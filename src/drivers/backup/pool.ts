@@ -101,8 +101,17 @@ export async function deviceSize(path: string, fh: FileHandle): Promise<number> 
  * it, a regular file as source is asked itself. Null when everything must be read.
  */
 export async function chunksWithData(known: Extent[] | null | undefined, source: string, size: number, chunkSize: number): Promise<Uint8Array | null> {
-  let extents = known;
-  if (extents === undefined) extents = (await stat(source)).isFile() ? await rawDataExtents(source, size) : null;
+  return chunksOverlapping(await sourceExtents(known, source, size), size, chunkSize);
+}
+
+/** The source's data extents: `known` (null: nobody can tell), or when undefined, asked of the source if it is a regular file. */
+export async function sourceExtents(known: Extent[] | null | undefined, source: string, size: number): Promise<Extent[] | null> {
+  if (known !== undefined) return known;
+  return (await stat(source)).isFile() ? await rawDataExtents(source, size) : null;
+}
+
+/** Marks of the chunks that `extents` touch (see chunksWithData); null when `extents` is. */
+export function chunksOverlapping(extents: Extent[] | null, size: number, chunkSize: number): Uint8Array | null {
   if (extents === null) return null;
   const count = Math.ceil(size / chunkSize);
   const marks = new Uint8Array(count);
