@@ -21,23 +21,28 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
   const input = parseInput(BackupVolumeInput, raw);
   const backupId = input.backupId ?? `bak-${uuid4().replace(/-/g, '').slice(0, 12)}`;
   const tracker = new Tracker({ backupId, volumeId: input.volumeId }, input.bpsLimit ?? null);
-  upsertSearchAttributes([
-    { key: SEARCH_ATTRIBUTES.backupId, value: backupId },
-    { key: SEARCH_ATTRIBUTES.volumeId, value: input.volumeId },
-    { key: SEARCH_ATTRIBUTES.status, value: 'creating' },
-  ]);
-  const saga = new Saga();
-  let reason = '';
   // Control steps as local activities and one node activity per data path (see
   // activities.ts); histories from before run their steps as they did then.
   const mode = patched('local-control-steps') ? 'local' : 'remote';
+  const identity = [
+    { key: SEARCH_ATTRIBUTES.backupId, value: backupId },
+    { key: SEARCH_ATTRIBUTES.volumeId, value: input.volumeId },
+    { key: SEARCH_ATTRIBUTES.status, value: 'creating' },
+  ];
+  // Local mode: begin runs inside this workflow task, so these go with the target and
+  // backend in one upsert after it (each upsert is a visibility write on the server);
+  // a begin that fails upserts them on its way out.
+  let searchable = mode === 'remote';
+  if (searchable) upsertSearchAttributes(identity);
+  const saga = new Saga();
+  let reason = '';
   const first = mode === 'local' ? { control: localControl, compensation: localCompensation } : { control, compensation: defaultCompensation };
   try {
     tracker.phase('validating');
     // beginBackup claims the volume and records the backup in one transaction; should it fail
     // or be cancelled after that commit, this undo puts both back (it finds nothing otherwise).
-    // Versioned: histories from before it had no undo here.
-    const undoBegin = patched('fail-backup-after-begin');
+    // Versioned: histories from before it had no undo here (local mode always has it).
+    const undoBegin = mode === 'local' || patched('fail-backup-after-begin');
     if (undoBegin) saga.add('fail backup', () => first.compensation.failBackup({ backupId, reason }));
     const plan = await first.control.beginBackup({
       backupId,
@@ -59,9 +64,11 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
       await ctl.createTempSnapshot({ backupId, volumeId: input.volumeId });
     }
     upsertSearchAttributes([
+      ...(searchable ? [] : identity),
       { key: SEARCH_ATTRIBUTES.target, value: plan.target },
       { key: SEARCH_ATTRIBUTES.backend, value: plan.source.backend },
     ]);
+    searchable = true;
     tracker.state.bytesTotal = plan.size;
 
     const result = await backupTargetFor(plan).backup({ plan, backupId, volumeId: input.volumeId, name: input.name, tracker, saga, acts });
@@ -83,6 +90,7 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
     tracker.status('available');
     return { backup };
   } catch (err) {
+    if (!searchable) upsertSearchAttributes(identity);
     reason = failureReason(err);
     tracker.phase(`failed: ${reason}`);
     await saga.unwind();

@@ -14,17 +14,20 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
   const input = parseInput(RestoreBackupInput, raw);
   const newVolumeId = input.newVolumeId ?? `vol-${uuid4().replace(/-/g, '').slice(0, 12)}`;
   const tracker = new Tracker({ backupId: input.backupId, volumeId: input.volumeId ?? newVolumeId });
-  upsertSearchAttributes([
+  // Control steps as local activities (see activities.ts); histories from before as they ran then.
+  const mode = patched('local-control-steps') ? 'local' : 'remote';
+  const identity = [
     { key: SEARCH_ATTRIBUTES.backupId, value: input.backupId },
     { key: SEARCH_ATTRIBUTES.volumeId, value: input.volumeId ?? newVolumeId },
     { key: SEARCH_ATTRIBUTES.status, value: 'restoring' },
-  ]);
+  ];
+  // Local mode: one upsert with the backend after begin (see backup.ts).
+  let searchable = mode === 'remote';
+  if (searchable) upsertSearchAttributes(identity);
   const saga = new Saga();
   let reason = '';
   let dataTouched = false;
   let keepVolume = false;
-  // Control steps as local activities (see activities.ts); histories from before as they ran then.
-  const mode = patched('local-control-steps') ? 'local' : 'remote';
   try {
     tracker.phase('validating');
     const plan = await (mode === 'local' ? localControl : control).beginRestore({ ...input, newVolumeId });
@@ -40,7 +43,8 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
         ...(keepVolume ? { keepVolume } : {}),
       }),
     );
-    upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.backend, value: plan.dest.backend }]);
+    upsertSearchAttributes([...(searchable ? [] : identity), { key: SEARCH_ATTRIBUTES.backend, value: plan.dest.backend }]);
+    searchable = true;
     tracker.state.bytesTotal = plan.size;
 
     if (plan.createdVolume) saga.add('delete new volume', async () => (keepVolume ? undefined : compensation.deleteBackendVolume({ loc: plan.dest })));
@@ -52,6 +56,7 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
     tracker.status('available');
     return { volume, backupId: plan.backupId };
   } catch (err) {
+    if (!searchable) upsertSearchAttributes(identity);
     reason = failureReason(err);
     // A damaged backup (object targets): the volume stays, in error, naming the chunk (Cinder's error_restoring).
     keepVolume = isDamagedBackup(err);

@@ -22,6 +22,7 @@ import { ChunkedTarget } from './target.js';
 import { DoneMarks, Semaphore, abortError, asError, checkId, chunkLabel, chunksOverlapping, forEachLimited, isPermanent, readFully, sourceExtents } from './pool.js';
 import { findLatestBackup, loadChain, readJournals, readMetadata, readPending } from './chain.js';
 import { deleteBackup } from './prune.js';
+import { EarlyHashes } from './early.js';
 
 /**
  * Uploads in flight. Against MinIO on loopback (2 cores, 1 GiB, bench/objects.ts) 6 was
@@ -106,6 +107,20 @@ export interface BackupToStoreResult {
 }
 
 export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupToStoreResult> {
+  // An incremental reads and hashes the start of the volume while it consults the store
+  // (early.ts); never where that could read what the backup itself would not.
+  const early =
+    (opts.incremental || opts.parentId) && !opts.changed && !opts.throttle && !opts.startOffset && !opts.signal?.aborted && Number.isSafeInteger(opts.size) && opts.size > 0
+      ? new EarlyHashes(opts.source, opts.size, opts.target.chunkSize, opts.codec ?? sharedCodecPool(), READ_AHEAD, READ_AHEAD + 2)
+      : null;
+  try {
+    return await backupOnce(opts, early);
+  } finally {
+    await early?.halt();
+  }
+}
+
+async function backupOnce(opts: BackupToStoreOptions, early: EarlyHashes | null): Promise<BackupToStoreResult> {
   const { target, backupId, volumeId, size } = opts;
   const store = target.store;
   checkId('backupId', backupId);
@@ -220,7 +235,7 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
   const window = concurrency + READ_AHEAD;
   // A read buffer is held only while its chunk is read and encoded (the object waits for its
   // upload in a space buffer), so a few more than the reads in flight keep the codec busy.
-  const buffers = new BufferPool(READ_AHEAD + 2, chunkSize);
+  const buffers = early?.chunkSize === chunkSize ? early.pool : new BufferPool(READ_AHEAD + 2, chunkSize);
   const spaces = new BufferPool(window, chunkSize + CHUNK_OVERHEAD);
   const inFlight = new Semaphore(window);
   const uploads = new Semaphore(concurrency);
@@ -360,6 +375,8 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
   try {
     fh = await open(opts.source, 'r');
     const source = fh;
+    // What was hashed meanwhile; its reading stops here (the read buffers are this loop's now).
+    const preHashed = early ? await early.halt(chunkSize) : null;
     for (let i = journalEnd; i < count; i++) {
       if (failure) break;
       if (opts.signal?.aborted) break;
@@ -375,6 +392,18 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
         bytesSkippedByCbt += view.lengthOf(i);
         finish(i);
         continue;
+      }
+      // Read and hashed early: zeros, a chunk equal to the parent's, or one below the
+      // trusted prefix, need nothing more. Any other is read again and encoded.
+      const pre = preHashed?.get(i);
+      if (pre !== undefined) {
+        const parentSha = parentView && parentView.lengthOf(i) === view.lengthOf(i) ? parentView.hashAt(i) : null;
+        if (pre === null || i < trustedEnd || (parentSha && parentSha.equals(pre))) {
+          view.set(i, pre);
+          bytesRead += view.lengthOf(i);
+          finish(i);
+          continue;
+        }
       }
       await inFlight.acquire();
       const slot: Slot = { buf: await buffers.take(), space: await spaces.take() };
