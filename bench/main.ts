@@ -3,9 +3,9 @@
  * stack (Temporal dev server, in-process control + node workers, file backends on loop
  * devices), measured cold against a plain `dd` between two loop devices in the same run.
  *
- *   A  1 GiB of random data: the copy engine against the disk; target >= 0.9x dd.
+ *   A  1 GiB of random data: the copy engine against the disk; target >= 0.95x dd (issue 11).
  *   B  1 GiB with 10% written (4 MiB chunks at seeded random offsets): extent skipping;
- *      target >= 5x faster than A.
+ *      target <= 0.2x of A's time (issue 11; was >= 5x faster).
  *
  * Also times dd at several block sizes (the reason for `copyBlockSize`), the copy engine
  * without Temporal (`copyExtents` on the same loop devices) and a tiny volume's backup
@@ -491,13 +491,13 @@ function report(results: ScenarioResult[], sweep: { bs: number; seconds: number 
   );
   out.push('');
   const b = results.find((r) => r.scenario === 'B');
-  const fullOk = a.backupRatio >= 0.9 && a.restoreRatio >= 0.9;
-  const sparseOk = b ? a.backupSeconds / b.backupSeconds >= 5 && a.restoreSeconds / b.restoreSeconds >= 5 : false;
+  const fullOk = a.backupRatio >= 0.95 && a.restoreRatio >= 0.95;
+  const sparseOk = b ? b.backupSeconds / a.backupSeconds <= 0.2 && b.restoreSeconds / a.restoreSeconds <= 0.2 : false;
   const verified = results.every((r) => r.verified);
-  out.push(`target full volume >= 0.9x dd: backup ${fmt(a.backupRatio)}x, restore ${fmt(a.restoreRatio)}x -> ${fullOk ? 'MET' : 'MISSED'}`);
+  out.push(`target full volume >= 0.95x dd: backup ${fmt(a.backupRatio)}x, restore ${fmt(a.restoreRatio)}x -> ${fullOk ? 'MET' : 'MISSED'}`);
   if (b) {
     out.push(
-      `target 10% volume >= 5x faster than full: backup ${fmt(a.backupSeconds / b.backupSeconds, 1)}x, restore ${fmt(a.restoreSeconds / b.restoreSeconds, 1)}x -> ${sparseOk ? 'MET' : 'MISSED'}`,
+      `target 10% volume <= 0.2x of the full volume's time: backup ${fmt(b.backupSeconds / a.backupSeconds, 3)}x, restore ${fmt(b.restoreSeconds / a.restoreSeconds, 3)}x -> ${sparseOk ? 'MET' : 'MISSED'}`,
     );
   }
   out.push(`bit-exact: ${verified ? 'yes' : 'NO'}`);
@@ -600,8 +600,8 @@ defaultTarget: vault
           workflowFixedCost: { volumeBytes: 16 * MiB, backupSeconds: probe.backup, restoreSeconds: probe.restore },
           ddBlockSizeSweep: sweep.map((s) => ({ bs: s.bs, label: bsLabel(s.bs), seconds: s.seconds, samples: s.samples, MBps: MB(VOLUME_SIZE) / s.seconds })),
           targets: {
-            fullVsDd: { want: 0.9, backup: a.backupRatio, restore: a.restoreRatio },
-            sparseSpeedup: { want: 5, backup: a.backupSeconds / b.backupSeconds, restore: a.restoreSeconds / b.restoreSeconds },
+            fullVsDd: { want: 0.95, backup: a.backupRatio, restore: a.restoreRatio },
+            sparseTimeShare: { wantAtMost: 0.2, backup: b.backupSeconds / a.backupSeconds, restore: b.restoreSeconds / a.restoreSeconds },
           },
         },
         null,

@@ -142,7 +142,8 @@ async function readFile4(path: string, size: number): Promise<number> {
         while (next < size) {
           const at = next;
           next += buf.length;
-          total += (await fh.read(buf, 0, Math.min(buf.length, size - at), at)).bytesRead;
+          const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - at), at);
+          total += bytesRead;
         }
       }),
     );

@@ -51,6 +51,8 @@ export const RestoreBackupInput = z
     /** Name of the new volume; also lets a caller choose the new volume's id. */
     newVolumeId: idSchema('newVolumeId').optional(),
     name: nameSchema('name').optional(),
+    /** Copy limit in bytes/s from the first byte on (the throttle update changes it later). */
+    bpsLimit: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional(),
   })
   .refine((i) => (i.volumeId === undefined) !== (i.backend === undefined), {
     message: 'give exactly one of volumeId (restore onto an existing volume) or backend (restore onto a new volume)',

@@ -108,17 +108,15 @@ describe('bad input through the workflows, as other services start them', () => 
   it('refuses a second concurrent backup of one volume, by workflow id, and deleting a backup while it restores', async () => {
     const vol = await volumeWithData(env, 'alpha', 'gold', 64, [0, 16, 32, 48], 16 * MiB);
     const first = `bak-${randomBytes(4).toString('hex')}`;
-    const h = await env.client.startBackup({ volumeId: vol.id, backupId: first }, { target: 'vault', backend: 'alpha' });
-    // Slow the copy down so the second request surely arrives while the first runs.
-    await h.executeUpdate('throttle', { args: [{ bps: 16 * MiB }] });
+    // Slowed down from the first byte, so the second request surely arrives while the first runs.
+    const h = await env.client.startBackup({ volumeId: vol.id, backupId: first, bpsLimit: 16 * MiB }, { target: 'vault', backend: 'alpha' });
     await expect(env.client.startBackup({ volumeId: vol.id, backupId: `bak-${randomBytes(4).toString('hex')}` }, { target: 'vault', backend: 'alpha' })).rejects.toThrow(
       /volume '.*' already has a backup running .*one backup per volume at a time/,
     );
     await env.client.result(h);
     expect((await env.rt.catalog.listBackups(vol.id)).map((b) => b.id)).toEqual([first]);
 
-    const rh = await env.client.startRestore({ backupId: first, backend: 'gamma', newVolumeId: `vol-${randomBytes(4).toString('hex')}` });
-    await rh.executeUpdate('throttle', { args: [{ bps: 16 * MiB }] });
+    const rh = await env.client.startRestore({ backupId: first, backend: 'gamma', newVolumeId: `vol-${randomBytes(4).toString('hex')}`, bpsLimit: 16 * MiB });
     const f = await workflowFailure(WORKFLOWS.deleteBackup, wid(), { backupId: first });
     expect(f).toMatchObject({ type: 'InvalidStatus' });
     expect(f.message).toMatch(/is being restored/);

@@ -238,6 +238,7 @@ describe.each(drivers)('catalog on $name', (driver) => {
     expect(b1).toEqual({
       ...bak('b-1', 'v-1', { location, storedBytes: 2 ** 34 + 5, method: 'generic', node: 'node-1' }),
       parentId: null,
+      changes: null,
       error: null,
       createdAt: '2026-01-01T00:00:00.000Z',
       updatedAt: '2026-01-01T00:00:00.000Z',

@@ -294,7 +294,8 @@ describe.each(['btrfs', 'xfs'] as const)('CBT on %s', (type) => {
     }
   });
 
-  it.runIf(type === 'btrfs')('works on compressed (encoded) extents, a whole compressed extent at a time', async () => {
+  // btrfs only (xfs does not compress): defined for btrfs alone rather than skipped for xfs.
+  if (type === 'btrfs') it('works on compressed (encoded) extents, a whole compressed extent at a time', async () => {
     const { fs } = sc();
     const current = join(fs.mountPoint, 'compressed.img');
     const base = join(fs.mountPoint, 'compressed-base.img');

@@ -48,7 +48,7 @@ afterAll(async () => {
 
 const newBackupId = () => `bak-${randomBytes(4).toString('hex')}`;
 
-async function startBackup(volumeId: string, extra: { target?: string; force?: boolean; snapshotId?: string } = {}) {
+async function startBackup(volumeId: string, extra: { target?: string; force?: boolean; snapshotId?: string; bpsLimit?: number } = {}) {
   const backupId = newBackupId();
   const handle = await env.client.startBackup({ volumeId, backupId, ...extra }, { target: extra.target ?? 'vault', backend: 'x' });
   return { backupId, handle };
@@ -108,8 +108,8 @@ describe.each([
     await expect(env.client.result(refused.handle)).rejects.toThrow(/is 'in-use' \(instance vm-1\); back it up with --force/);
     expect(await env.rt.catalog.findBackup(refused.backupId)).toBeNull();
 
-    const { backupId, handle } = await startBackup(vol.id, { force: true });
-    await handle.executeUpdate('throttle', { args: [{ bps: 16 * MiB }] });
+    // Limited from the first byte, so the copy is still running when looked at.
+    const { backupId, handle } = await startBackup(vol.id, { force: true, bpsLimit: 16 * MiB });
     await untilPhase(handle, 'copying');
     expect((await env.rt.catalog.volume(vol.id)).status).toBe('in-use');
     expect(await env.rt.catalog.findSnapshot(`backup-snap-${backupId}`)).toMatchObject({ status: 'available', backupId });
@@ -141,8 +141,7 @@ describe.each([
     expect(await env.rt.catalog.findSnapshot(`backup-snap-${failed.backupId}`)).toBeNull();
     expect((await env.rt.catalog.backup(failed.backupId)).status).toBe('error');
 
-    const cancelled = await startBackup(vol.id, { force: true });
-    await cancelled.handle.executeUpdate('throttle', { args: [{ bps: 4 * MiB }] });
+    const cancelled = await startBackup(vol.id, { force: true, bpsLimit: 4 * MiB });
     await untilPhase(cancelled.handle, 'copying');
     await sleep(500);
     await env.client.cancel(cancelled.handle.workflowId);
@@ -167,8 +166,7 @@ describe('snapshot backups', () => {
     await fh.close();
     await env.client.detachVolume(vol.id);
 
-    const { backupId, handle } = await startBackup(vol.id, { snapshotId: snap.id });
-    await handle.executeUpdate('throttle', { args: [{ bps: 16 * MiB }] });
+    const { backupId, handle } = await startBackup(vol.id, { snapshotId: snap.id, bpsLimit: 16 * MiB });
     await untilPhase(handle, 'copying');
     await expect(env.client.deleteSnapshot(snap.id)).rejects.toThrow(/is being backed up \(backup bak-/);
     const { backup } = await env.client.result<BackupResult>(handle);

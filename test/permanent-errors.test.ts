@@ -262,9 +262,9 @@ describe('permanent failures fail fast and clearly, and leave nothing behind', (
     mkdirSync(join(env.dir, 'not-mounted'), { recursive: true });
     const b = await succeeds(v.id, 'gone');
     const filler = join(env.dir, 'small', 'filler');
-    // Buffered writes to the loop device: the kernel reports the full backend as EIO at fdatasync.
+    // Direct writes see ENOSPC; buffered writes to the loop device see the full backend as EIO at fdatasync.
     await fillDuringCopy(filler, 20, () =>
-      fails('volume backend full mid-restore (EIO, 0 bytes free)', ['backup', 'restore', b.id as string, '--backend', 'small', '--wait'], /backend 'small' is full: writing .* failed with EIO/),
+      fails('volume backend full mid-restore (EIO, 0 bytes free)', ['backup', 'restore', b.id as string, '--backend', 'small', '--wait'], /backend 'small' is full: writing .* failed with (EIO|ENOSPC)/),
     );
     expect((await env.rt.catalog.backup(b.id as string)).status).toBe('available');
     expect((await env.rt.catalog.listVolumes()).filter((x) => x.backend === 'small')).toEqual([]);

@@ -13,7 +13,7 @@ import { Saga } from './saga.js';
 export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreResult> {
   const input = parseInput(RestoreBackupInput, raw);
   const newVolumeId = input.newVolumeId ?? `vol-${uuid4().replace(/-/g, '').slice(0, 12)}`;
-  const tracker = new Tracker({ backupId: input.backupId, volumeId: input.volumeId ?? newVolumeId });
+  const tracker = new Tracker({ backupId: input.backupId, volumeId: input.volumeId ?? newVolumeId }, input.bpsLimit ?? null);
   // Control steps as local activities (see activities.ts); histories from before as they ran then.
   const mode = patched('local-control-steps') ? 'local' : 'remote';
   const identity = [

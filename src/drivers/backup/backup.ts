@@ -111,7 +111,7 @@ export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupT
   // (early.ts); never where that could read what the backup itself would not.
   const early =
     (opts.incremental || opts.parentId) && !opts.changed && !opts.throttle && !opts.startOffset && !opts.signal?.aborted && Number.isSafeInteger(opts.size) && opts.size > 0
-      ? new EarlyHashes(opts.source, opts.size, opts.target.chunkSize, opts.codec ?? sharedCodecPool(), READ_AHEAD, READ_AHEAD + 2)
+      ? new EarlyHashes(opts.source, opts.size, opts.target.chunkSize, opts.codec ?? sharedCodecPool(), READ_AHEAD + 2)
       : null;
   try {
     return await backupOnce(opts, early);

@@ -36,57 +36,56 @@ export class EarlyHashes {
     private readonly size: number,
     readonly chunkSize: number,
     private readonly codec: CodecPool,
-    readers: number,
     buffers: number,
   ) {
     this.count = Math.ceil(size / chunkSize);
+    // The backup's read pool (handed over at halt()); this uses two of its buffers.
     this.pool = new BufferPool(buffers, chunkSize);
-    this.running = this.run(readers);
+    this.running = this.run();
   }
 
-  private async run(readers: number): Promise<void> {
+  /**
+   * One read and one hash at a time (the next chunk is read while the last is hashed): the
+   * store's round trips, which this overlaps, need a core too; hashing on both codec
+   * threads made them slower by more than it gained.
+   */
+  private async run(): Promise<void> {
     let fh: FileHandle;
     try {
       fh = await open(this.source, 'r');
     } catch {
       return;
     }
-    const hashing = new Set<Promise<void>>();
+    let hashing: Promise<void> = Promise.resolve();
     try {
-      await Promise.all(
-        Array.from({ length: readers }, async () => {
-          while (!this.stopped && this.next < this.count) {
-            const buf = await this.pool.take();
-            if (this.stopped) {
-              this.pool.give(buf);
-              return;
-            }
-            const i = this.next++;
-            const len = Math.min(this.chunkSize, this.size - i * this.chunkSize);
-            try {
-              await readFully(fh, buf, len, i * this.chunkSize, this.source);
-            } catch {
-              this.pool.give(buf);
-              this.stopped = true;
-              return;
-            }
-            // Hashed while the next chunk is read; the buffer returns when the hash is in.
-            const h: Promise<void> = this.codec
-              .hash(buf, len)
-              .then(
-                (r) => void this.hashes.set(i, r.sha),
-                () => void (this.stopped = true),
-              )
-              .finally(() => {
-                this.pool.give(buf);
-                hashing.delete(h);
-              });
-            hashing.add(h);
-          }
-        }),
-      );
+      while (!this.stopped && this.next < this.count) {
+        const buf = await this.pool.take();
+        const i = this.next++;
+        const len = Math.min(this.chunkSize, this.size - i * this.chunkSize);
+        try {
+          await readFully(fh, buf, len, i * this.chunkSize, this.source);
+        } catch {
+          this.pool.give(buf);
+          return;
+        }
+        await hashing;
+        if (this.stopped) {
+          this.pool.give(buf);
+          return;
+        }
+        hashing = this.codec.hash(buf, len).then(
+          (r) => {
+            this.hashes.set(i, r.sha);
+            this.pool.give(buf);
+          },
+          () => {
+            this.stopped = true;
+            this.pool.give(buf);
+          },
+        );
+      }
     } finally {
-      while (hashing.size > 0) await Promise.all([...hashing]);
+      await hashing;
       await fh.close().catch(() => undefined);
     }
   }
