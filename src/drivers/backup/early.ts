@@ -4,14 +4,18 @@
  *
  * Before its first read a backup makes its round trips to the store (is the backup already
  * complete, a pending record of an earlier attempt, the parent's chain, its own pending
- * record) and asks xfs_io where a file source holds data: 40-60 ms on the bench, during
- * which disk and codec threads idle. An incremental reads and hashes the whole volume and
- * uploads little, so it is bound by read + sha256 (2 cores: the codec threads, the kernel's
- * copies and the store share them); those milliseconds are worth ~10% of a 1 GiB
- * incremental. So the volume is read and hashed from its start meanwhile, into the read
- * buffers the backup uses next. Once the backup knows its parent it takes the hashes:
- * chunks that are zeros or equal to the parent's need nothing more; any other is read
- * again (from the page cache, it was just read) and encoded as usual.
+ * record) and asks xfs_io where a file source holds data: 50-80 ms on the bench (cold
+ * caches, 2 cores shared with MinIO), while the disk idles. An incremental reads and
+ * hashes the whole volume and uploads little, so it is bound by read + sha256. So the
+ * volume is read and hashed from its start meanwhile (6-9 chunks of 4 MiB on the bench),
+ * into the read buffers the backup uses next. Once the backup knows its parent it takes the
+ * hashes: chunks that are zeros or equal to the parent's need nothing more; any other is
+ * read again (from the page cache, it was just read) and encoded as usual.
+ *
+ * Gently: one read and one hash at a time. Reading and hashing on both codec threads
+ * slowed the store's round trips (MinIO wants a core too) by more than it saved: the
+ * preamble went from ~55 to ~130 ms. One at a time gained 2-4% of a 1 GiB incremental
+ * (medians of 20-40 interleaved runs each, on a loaded machine: within its noise).
  *
  * Nothing here decides anything: the hashes are a cache of what a read would give. It is
  * not used where it could read what the backup would not (a throttled or resumed backup,

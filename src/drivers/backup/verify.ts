@@ -7,7 +7,7 @@ import { keys } from './format.js';
 import { ChunkedTarget } from './target.js';
 import { abortError, chunkLabel, forEachLimited } from './pool.js';
 import { openChain } from './chain.js';
-import { DEFAULT_RESTORE_CONCURRENCY, ReadSlot, fetchChunk } from './restore.js';
+import { DEFAULT_RESTORE_CONCURRENCY, decodeChunk, downloadChunk } from './restore.js';
 
 export interface VerifyResult {
   backupId: string;
@@ -25,7 +25,8 @@ export async function verifyBackup(opts: { target: ChunkedTarget; backupId: stri
   const { sealKey, last, view } = await openChain(target, backupId);
   const concurrency = Math.max(1, opts.concurrency ?? DEFAULT_RESTORE_CONCURRENCY);
   const codec = opts.codec ?? sharedCodecPool();
-  const buffers = new BufferPool(concurrency, view.chunkSize);
+  // A decoded chunk is only checked and dropped: a few buffers serve the codec threads.
+  const buffers = new BufferPool(Math.min(concurrency, 4), view.chunkSize);
   const bodies = new BufferPool(concurrency, view.chunkSize + CHUNK_OVERHEAD);
   const failures: BackupCorrupt['failures'] = [];
   let chunks = 0;
@@ -38,17 +39,22 @@ export async function verifyBackup(opts: { target: ChunkedTarget; backupId: stri
     if (hex === null || checked.has(hex)) return;
     checked.add(hex);
     const chunk = { offset: i * view.chunkSize, length: view.lengthOf(i), sha256: hex, key: keys.chunk(last.chunkSpace, hex) };
-    const slot: ReadSlot = { out: await buffers.take(), body: await bodies.take() };
+    const body = await bodies.take();
     try {
-      await fetchChunk(store, codec, slot, chunk, sealKey, backupId);
+      const n = await downloadChunk(store, body, chunk, backupId);
+      const out = await buffers.take();
+      try {
+        await decodeChunk(codec, body, n, out, 0, chunk, sealKey, backupId);
+      } finally {
+        buffers.give(out);
+      }
       chunks++;
       bytes += chunk.length;
     } catch (e) {
       if (!(e instanceof ChunkCorrupt)) throw e;
       failures.push({ offset: chunk.offset, sha256: hex, key: chunk.key, reason: e.message });
     } finally {
-      buffers.give(slot.out);
-      bodies.give(slot.body);
+      bodies.give(body);
     }
   });
   if (failures.length > 0) {

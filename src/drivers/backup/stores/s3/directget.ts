@@ -52,6 +52,8 @@ export interface DirectGetOptions {
   requestTimeoutMs: number;
   /** Idle connections kept per endpoint. */
   maxIdle: number;
+  /** Certificates to trust instead of Node's (tests); the SDK's handler trusts Node's, and so does this by default. */
+  ca?: string | Buffer;
 }
 
 const escapeUri = (s: string) => encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
@@ -127,10 +129,17 @@ class Connection {
     const https = req.protocol === 'https:';
     const port = req.port ?? (https ? 443 : 80);
     const host = req.hostname!;
-    const onread = { buffer: () => this.nextBuffer(), callback: (n: number) => this.onRead(n) };
-    this.socket = https
-      ? tls.connect({ host, port, ...(net.isIP(host) ? {} : { servername: host }), onread, noDelay: true })
-      : net.connect({ host, port, onread, noDelay: true });
+    const onread = { buffer: () => this.nextBuffer(), callback: (n: number, buf: Uint8Array) => this.onRead(n, buf) };
+    // tls.connect takes `onread` too (Node's documentation says so; @types/node does not).
+    const tlsOptions: tls.ConnectionOptions & { onread: typeof onread; noDelay: boolean } = {
+      host,
+      port,
+      ...(net.isIP(host) ? {} : { servername: host }),
+      ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
+      onread,
+      noDelay: true,
+    };
+    this.socket = https ? tls.connect(tlsOptions) : net.connect({ host, port, onread, noDelay: true });
     this.socket.setKeepAlive(true);
     this.ready = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -168,15 +177,35 @@ class Connection {
     return this.head;
   }
 
-  /** false pauses the socket (a head is in, its body has nowhere to go yet). */
-  private onRead(n: number): boolean {
+  /**
+   * `buf` is where the kernel put the `n` bytes: the buffer nextBuffer() gave after the
+   * previous read. When the mode changed since (a body to read once its head is in), that
+   * is the head buffer, and the bytes are moved to where they belong.
+   * false pauses the socket (a head is in, its body has nowhere to go yet).
+   */
+  private onRead(n: number, buf: Uint8Array): boolean {
     if (this.mode === 'body') {
+      const dest = this.dest!;
+      if (n > dest.length - this.at) {
+        this.fail(new Error(`the store sent more than the ${dest.length} bytes its Content-Length announced`));
+        return false;
+      }
+      if (buf.buffer !== dest.buffer || buf.byteOffset !== dest.byteOffset + this.at) {
+        Buffer.from(dest.buffer, dest.byteOffset, dest.length).fill(buf.subarray(0, n), this.at, this.at + n);
+      }
       this.at += n;
-      if (this.at === this.dest!.length) this.endBody();
+      if (this.at === dest.length) this.endBody();
       return true;
     }
     if (this.mode === 'head') {
       this.answered = true;
+      if (buf.buffer !== this.head.buffer || buf.byteOffset !== this.head.byteOffset + this.headLen) {
+        if (n > HEAD_MAX - this.headLen) {
+          this.resolveHead(null);
+          return false;
+        }
+        this.head.set(buf.subarray(0, n), this.headLen);
+      }
       const from = Math.max(0, this.headLen - 3);
       this.headLen += n;
       const end = this.head.subarray(0, this.headLen).indexOf('\r\n\r\n', from);
@@ -235,7 +264,7 @@ class Connection {
 
   /** Reads the body (exactly dest.length bytes, the Content-Length) into `dest`. */
   readBody(dest: Uint8Array): Promise<void> {
-    if (this.mode !== 'wait') return Promise.reject(new Error('no response body to read'));
+    if (this.mode !== 'wait') return Promise.reject(this.mode === 'dead' ? hangUp() : new Error('no response body to read'));
     if (this.prefix.length > dest.length) {
       const e = new Error(`the store sent ${this.prefix.length} bytes for a body of ${dest.length}`);
       this.fail(e);

@@ -7,6 +7,7 @@ import { CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, HeadObjectC
 import { ObjectNotFound, StoreAccessDenied, StoreFull, StoreNotFound, StoreUnreachable } from '../../errors.js';
 import { checkKey, type ObjectStore, type PutOptions } from '../store.js';
 import { CredentialSource, type S3Credentials } from './credentials.js';
+import { DirectBody, DirectGets, type SignedRequest } from './directget.js';
 
 /**
  * Reads a response body straight into a buffer of its announced length: ~15% less CPU
@@ -52,6 +53,7 @@ function unreachableCode(e: unknown): string | null {
  */
 const UNREACHABLE_TRIES = 5;
 const CONNECT_TIMEOUT_MS = 5_000;
+const REQUEST_TIMEOUT_MS = 120_000;
 
 export interface S3StoreOptions {
   endpoint?: string;
@@ -86,6 +88,8 @@ export class S3Store implements ObjectStore {
   private readonly prefix: string;
   private readonly target: string;
   private readonly endpoint: string;
+  /** Chunk GETs read from the socket into their buffers (directget.ts); null when GBACKUP_DIRECT_GET=0. */
+  private readonly direct: DirectGets | null;
 
   constructor(private readonly opts: S3StoreOptions) {
     this.prefix = opts.prefix === '' || opts.prefix.endsWith('/') ? opts.prefix : `${opts.prefix}/`;
@@ -96,6 +100,8 @@ export class S3Store implements ObjectStore {
     // Node 22. The release the lockfile pins runs on Node 20, and the notice would otherwise
     // land on stderr of every CLI command that touches S3. Set the variable to 'false' to see it.
     process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+    this.direct =
+      process.env.GBACKUP_DIRECT_GET === '0' ? null : new DirectGets({ connectTimeoutMs: CONNECT_TIMEOUT_MS, requestTimeoutMs: REQUEST_TIMEOUT_MS, maxIdle: opts.maxSockets ?? 32 });
     this.client = new S3Client({
       ...(opts.endpoint !== undefined ? { endpoint: opts.endpoint } : {}),
       region: opts.region,
@@ -110,7 +116,7 @@ export class S3Store implements ObjectStore {
       // a TCP connect per chunk. A chunk is small enough to simply send.
       expectContinueHeader: false,
       requestHandler: {
-        requestTimeout: 120_000,
+        requestTimeout: REQUEST_TIMEOUT_MS,
         connectionTimeout: CONNECT_TIMEOUT_MS,
         httpAgent: { keepAlive: true, maxSockets: opts.maxSockets ?? 32 },
         httpsAgent: { keepAlive: true, maxSockets: opts.maxSockets ?? 32 },
@@ -245,8 +251,35 @@ export class S3Store implements ObjectStore {
 
   async getInto<B extends ArrayBufferLike>(key: string, alloc: (length: number) => B): Promise<{ buffer: B; length: number }> {
     try {
-      const r = await this.send(`read object '${key}'`, () => this.client.send(new GetObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key) })));
+      const r = await this.send(`read object '${key}'`, () => {
+        const cmd = new GetObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key) });
+        const direct = this.direct;
+        if (direct) {
+          // Innermost, where the SDK's handler would send the signed request: sent here
+          // instead, unless it is not a plain 2xx (then the handler sends it after all).
+          cmd.middlewareStack.add(
+            (next) => async (args) => {
+              const response = await direct.get(args.request as SignedRequest);
+              return response ? { response } : next(args);
+            },
+            { step: 'deserialize', priority: 'low', name: 'gbackupDirectGet' },
+          );
+        }
+        return this.client.send(cmd);
+      });
       if (!r.Body) throw new ObjectNotFound(`object '${key}' in ${this.location} has no body`, key);
+      if (r.Body instanceof DirectBody) {
+        const body = r.Body;
+        let buffer: B;
+        try {
+          buffer = alloc(body.length);
+        } catch (e) {
+          body.destroy();
+          throw e;
+        }
+        await body.readInto(new Uint8Array(buffer, 0, body.length));
+        return { buffer, length: body.length };
+      }
       if (r.Body instanceof Readable && r.ContentLength !== undefined) {
         const body = r.Body;
         let buffer: B;
@@ -300,6 +333,7 @@ export class S3Store implements ObjectStore {
   }
 
   close(): void {
+    this.direct?.close();
     this.client.destroy();
   }
 }
