@@ -127,6 +127,14 @@ export interface BackupView {
    * changed-block tracking could not be used); 'full': no parent. Null for volume targets.
    */
   changes: string | null;
+  /** The policy whose schedule made this backup (its retention prunes only these); null for one made by hand. */
+  policy: string | null;
+  /** The consistency group it was taken with: every backup of a group is from the same moment. */
+  groupId: string | null;
+  /** The backup this one is a copy of (backup copy, a policy's --copy-to); null for an original. */
+  copyOf: string | null;
+  /** When a verify last read every chunk back and found them sound; null if never. */
+  verifiedAt: string | null;
   node: string | null;
   error: string | null;
   createdAt: string;

@@ -239,6 +239,10 @@ describe.each(drivers)('catalog on $name', (driver) => {
       ...bak('b-1', 'v-1', { location, storedBytes: 2 ** 34 + 5, method: 'generic', node: 'node-1' }),
       parentId: null,
       changes: null,
+      policy: null,
+      groupId: null,
+      copyOf: null,
+      verifiedAt: null,
       error: null,
       createdAt: '2026-01-01T00:00:00.000Z',
       updatedAt: '2026-01-01T00:00:00.000Z',
@@ -248,6 +252,11 @@ describe.each(drivers)('catalog on $name', (driver) => {
     expect(b2).toMatchObject({ parentId: 'b-1', status: 'creating', sourcePreviousStatus: 'in-use', storedBytes: 0, method: null, location: null });
     expect(await c.backup('b-1')).toEqual(b1);
     expect((await c.backup('b-1')).size).toBe(BIG);
+    const b4 = await c.insertBackup(bak('b-4', 'v-1', { policy: 'nightly', groupId: 'g-1', copyOf: 'b-1', createdAt: '2026-01-03T00:00:00.000Z' }));
+    expect(b4).toMatchObject({ policy: 'nightly', groupId: 'g-1', copyOf: 'b-1', verifiedAt: null });
+    await c.markBackupVerified('b-4', '2026-01-04T00:00:00.000Z');
+    expect((await c.backup('b-4')).verifiedAt).toBe('2026-01-04T00:00:00.000Z');
+    await c.deleteBackupRecord('b-4');
     expect((await c.dependentsOf('b-1')).map((b) => b.id)).toEqual(['b-2']);
     expect(await c.dependentsOf('b-2')).toEqual([]);
     expect((await c.listBackups()).map((b) => b.id)).toEqual(['b-1', 'b-3', 'b-2']);

@@ -36,10 +36,15 @@ export function createObjectActivities(rt: Pick<Runtime, 'catalog' | 'driver' | 
       return { target: b.target };
     },
 
-    /** Reads every chunk back and checks its hash; BackupCorrupt names each bad chunk. */
+    /**
+     * Reads every chunk back and checks its hash; BackupCorrupt names each bad chunk. A
+     * sound backup is marked verified: retention always keeps the newest verified one.
+     */
     async verifyObjectBackup(input: { target: string; backupId: string }): Promise<VerifyResult> {
       const t = await rt.objectTarget(input.target);
-      return verifyBackup({ target: t, backupId: input.backupId, signal: Context.current().cancellationSignal });
+      const r = await verifyBackup({ target: t, backupId: input.backupId, signal: Context.current().cancellationSignal });
+      await rt.catalog.markBackupVerified(input.backupId, new Date().toISOString());
+      return r;
     },
   };
 }

@@ -49,6 +49,10 @@ export type NewBackup = Pick<BackupView, 'id' | 'name' | 'volumeId' | 'snapshotI
   method?: string | null;
   node?: string | null;
   error?: string | null;
+  /** The policy whose schedule started the backup; the consistency group it was taken with; the backup it copies. */
+  policy?: string | null;
+  groupId?: string | null;
+  copyOf?: string | null;
 };
 
 export interface VolumeTransition {
@@ -112,6 +116,8 @@ export interface Catalog {
   pageBackups(filter: { volumeId?: string }, page: PageRequest): Promise<Page<BackupRecord>>;
   countBackups(): Promise<number>;
   transitionBackup(id: string, from: readonly BackupStatus[], to: BackupStatus, fields?: BackupFields): Promise<BackupRecord>;
+  /** Records that a verify read the whole backup back and found it sound. */
+  markBackupVerified(id: string, at: string): Promise<void>;
   deleteBackupRecord(id: string): Promise<void>;
 
   /**

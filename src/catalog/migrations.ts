@@ -48,11 +48,24 @@ const v3 = 'ALTER TABLE volumes ADD COLUMN attached_node TEXT';
 // How an object backup found its changes (cbt, hash + why, full): shown to operators.
 const v4 = 'ALTER TABLE backups ADD COLUMN changes TEXT';
 
+// Policies (issue 12): the policy whose schedule made a backup (retention prunes only its
+// own), the consistency group it was taken with, the backup it is a copy of, and when a
+// verify last read it back whole (retention always keeps the newest verified backup).
+const v5 = `
+ALTER TABLE backups ADD COLUMN policy TEXT;
+ALTER TABLE backups ADD COLUMN group_id TEXT;
+ALTER TABLE backups ADD COLUMN copy_of TEXT;
+ALTER TABLE backups ADD COLUMN verified_at TEXT;
+CREATE INDEX IF NOT EXISTS backups_policy ON backups(policy);
+CREATE INDEX IF NOT EXISTS backups_group ON backups(group_id)
+`;
+
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: 'volumes, snapshots, backups', sql: { sqlite: v1('INTEGER'), postgres: v1('BIGINT') } },
   { version: 2, name: 'indexes for paged listings and dependents', sql: { sqlite: v2, postgres: v2 } },
   { version: 3, name: 'node of an instance attachment', sql: { sqlite: v3, postgres: v3 } },
   { version: 4, name: 'how a backup found its changes', sql: { sqlite: v4, postgres: v4 } },
+  { version: 5, name: 'policy, consistency group, copy of, verified at', sql: { sqlite: v5, postgres: v5 } },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -53,6 +53,10 @@ function toBackup(r: Row): BackupRecord {
     sourcePreviousStatus: str(r.source_previous_status) as VolumeStatus | null,
     parentId: str(r.parent_id),
     changes: str(r.changes),
+    policy: str(r.policy),
+    groupId: str(r.group_id),
+    copyOf: str(r.copy_of),
+    verifiedAt: str(r.verified_at),
   };
 }
 
@@ -210,7 +214,7 @@ export abstract class SqlCatalog implements Catalog {
   async insertBackup(b: NewBackup): Promise<BackupRecord> {
     const t = b.createdAt ?? now();
     const r = await this.one(
-      'INSERT INTO backups (id,name,volume_id,snapshot_id,target,status,size,stored_bytes,method,node,error,location,workflow_id,source_previous_status,parent_id,created_at,updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING *',
+      'INSERT INTO backups (id,name,volume_id,snapshot_id,target,status,size,stored_bytes,method,node,error,location,workflow_id,source_previous_status,parent_id,policy,group_id,copy_of,created_at,updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING *',
       [
         b.id,
         b.name,
@@ -227,6 +231,9 @@ export abstract class SqlCatalog implements Catalog {
         b.workflowId,
         b.sourcePreviousStatus,
         b.parentId ?? null,
+        b.policy ?? null,
+        b.groupId ?? null,
+        b.copyOf ?? null,
         t,
         t,
       ],
@@ -287,6 +294,10 @@ export abstract class SqlCatalog implements Catalog {
     if (r) return toBackup(r);
     const b = await this.backup(id);
     throw new InvalidStatus(`backup '${id}' is '${b.status}'${b.error ? ` (${b.error})` : ''}; this needs it to be ${quoteList(from)}`);
+  }
+
+  async markBackupVerified(id: string, at: string): Promise<void> {
+    await this.exec('UPDATE backups SET verified_at = ? WHERE id = ?', [at, id]);
   }
 
   async deleteBackupRecord(id: string): Promise<void> {
@@ -368,6 +379,10 @@ const TABLE_COLUMNS: Record<CatalogTable, Record<string, 'text' | 'int'>> = {
     source_previous_status: 'text',
     parent_id: 'text',
     changes: 'text',
+    policy: 'text',
+    group_id: 'text',
+    copy_of: 'text',
+    verified_at: 'text',
     created_at: 'text',
     updated_at: 'text',
   },
