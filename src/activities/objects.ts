@@ -38,12 +38,13 @@ export function createObjectActivities(rt: Pick<Runtime, 'catalog' | 'driver' | 
 
     /**
      * Reads every chunk back and checks its hash; BackupCorrupt names each bad chunk. A
-     * sound backup is marked verified: retention always keeps the newest verified one.
+     * sound backup is marked verified: retention always keeps the newest verified one. The
+     * mark is the time the activity was first scheduled, so a retry writes the same value.
      */
     async verifyObjectBackup(input: { target: string; backupId: string }): Promise<VerifyResult> {
       const t = await rt.objectTarget(input.target);
       const r = await verifyBackup({ target: t, backupId: input.backupId, signal: Context.current().cancellationSignal });
-      await rt.catalog.markBackupVerified(input.backupId, new Date().toISOString());
+      await rt.catalog.markBackupVerified(input.backupId, new Date(Context.current().info.scheduledTimestampMs).toISOString());
       return r;
     },
   };
