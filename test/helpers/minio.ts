@@ -22,7 +22,8 @@ export interface Minio {
   client: S3Client;
   /** Environment for a worker or restic: the credentials as AWS_* variables. */
   env: Record<string, string>;
-  createBucket(name: string): Promise<void>;
+  /** `objectLock`: made with S3 Object Lock enabled (and so versioned). */
+  createBucket(name: string, opts?: { objectLock?: boolean }): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -76,7 +77,8 @@ async function waitReady(url: string, proc: ResultPromise, output: () => string,
   throw new Error(`minio was not ready at ${url} within ${timeoutMs} ms: ${output().slice(-2000)}`);
 }
 
-export async function startMinio(opts: { bucket?: string; baseDir?: string } = {}): Promise<Minio> {
+/** `objectLock`: the bucket is made with S3 Object Lock enabled (default: a plain bucket). */
+export async function startMinio(opts: { bucket?: string; baseDir?: string; objectLock?: boolean } = {}): Promise<Minio> {
   const dir = await mkdtemp(join(opts.baseDir ?? tmpdir(), 'gbackup-minio-'));
   const port = await freePort();
   let consolePort = await freePort();
@@ -116,10 +118,10 @@ export async function startMinio(opts: { bucket?: string; baseDir?: string } = {
   try {
     await waitReady(`${endpoint}/minio/health/ready`, proc, () => output, 60_000);
     const bucket = opts.bucket ?? 'gbackup';
-    const createBucket = async (name: string) => {
-      await client.send(new CreateBucketCommand({ Bucket: name }));
+    const createBucket = async (name: string, o: { objectLock?: boolean } = {}) => {
+      await client.send(new CreateBucketCommand({ Bucket: name, ...(o.objectLock ? { ObjectLockEnabledForBucket: true } : {}) }));
     };
-    await createBucket(bucket);
+    await createBucket(bucket, { objectLock: opts.objectLock === true });
     return {
       endpoint,
       accessKeyId,

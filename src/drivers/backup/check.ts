@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import type { ChunkedTarget } from './target.js';
 
-export type CheckStepName = 'reach' | 'list' | 'write' | 'read' | 'delete';
+export type CheckStepName = 'reach' | 'lock' | 'list' | 'write' | 'read' | 'delete';
 
 export interface CheckStep {
   step: CheckStepName;
@@ -49,6 +49,9 @@ export async function checkTarget(target: ChunkedTarget): Promise<TargetCheck> {
   const done = async () => ({ target: target.name, location: store.location, ok: steps.every((s) => s.ok), createdBucket, steps });
 
   if (!(await run('reach', async () => void (createdBucket = (await target.ready()).created)))) return done();
+  // A target configured with objectLock on a bucket without it would fail every locked write.
+  const checkLock = store.objectLock ? store.checkObjectLock?.bind(store) : undefined;
+  if (checkLock && !(await run('lock', checkLock))) return done();
   if (!(await run('list', async () => void (await store.list(PROBE_PREFIX)[Symbol.asyncIterator]().next())))) return done();
   if (!(await run('write', () => store.put(key, body)))) return done();
   await run('read', async () => {

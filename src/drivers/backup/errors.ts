@@ -60,6 +60,30 @@ export class BackupChainBroken extends PermanentError {
 }
 /** Delete refused: other backups are incrementals on top of this one. */
 export class BackupHasDependents extends InvalidInput {}
+/**
+ * Delete refused before anything was touched: the backup's objects are under S3 Object
+ * Lock until `retainUntil` (ISO). Not a failure of the store: retention policies count
+ * the backup as retained; it can be deleted after that date.
+ */
+export class BackupRetained extends PermanentError {
+  constructor(
+    message: string,
+    readonly retainUntil: string,
+    readonly target: string,
+  ) {
+    super(message);
+  }
+}
+/** One object (a version of it) is still under Object Lock, so the store refused its delete. */
+export class ObjectRetained extends PermanentError {
+  constructor(
+    message: string,
+    readonly key: string,
+    readonly retainUntil: string,
+  ) {
+    super(message);
+  }
+}
 /** An incremental was required but the target holds no usable full backup of the volume. */
 export class NoParentBackup extends InvalidInput {}
 /** An imported record conflicts with a different record already in the target. */

@@ -1,7 +1,8 @@
 /**
  * Deleting a backup and the chunks no other backup uses.
  */
-import { BackupHasDependents } from './errors.js';
+import { BackupHasDependents, ObjectRetained } from './errors.js';
+import { refuseWhileRetained } from './lock.js';
 import { keys } from './format.js';
 import { ChunkedTarget } from './target.js';
 import { forEachLimited } from './pool.js';
@@ -13,6 +14,8 @@ export interface DeleteBackupResult {
   chunksDeleted: number;
   /** Chunks of this backup that other backups still use. */
   chunksShared: number;
+  /** Chunks left because S3 Object Lock still holds them (a failed backup's, say); a later delete can take them. */
+  chunksRetained?: number;
 }
 
 /**
@@ -39,6 +42,8 @@ export async function deleteBackup(opts: {
       `backup '${backupId}' cannot be deleted: ${dependents.length === 1 ? 'backup' : 'backups'} ${dependents.map((d) => `'${d}'`).join(', ')} ${dependents.length === 1 ? 'is an incremental' : 'are incrementals'} on top of it; delete ${dependents.length === 1 ? 'it' : 'them'} first`,
     );
   }
+  // Before the marker: a locked backup stays exactly as it was.
+  if (me.metadata) await refuseWhileRetained(store, target.name, backupId);
   const space = me.metadata?.chunkSpace ?? me.pending?.chunkSpace;
   if (me.metadata && !me.deleting) await store.put(keys.deleting(backupId), Buffer.from(JSON.stringify({ backupId, at: new Date().toISOString() })));
 
@@ -59,10 +64,17 @@ export async function deleteBackup(opts: {
     }
   }
   const doomed = space === undefined ? [] : [...mine].filter((s) => !shared.has(s)).map((s) => keys.chunk(space, s));
-  await forEachLimited(Math.max(1, opts.concurrency ?? 8), doomed.length, (i) => store.delete(doomed[i]!));
+  let chunksRetained = 0;
+  await forEachLimited(Math.max(1, opts.concurrency ?? 8), doomed.length, (i) =>
+    store.delete(doomed[i]!).catch((e: unknown) => {
+      // Unused but still locked (stored by a backup that failed): it can only go later.
+      if (!(e instanceof ObjectRetained)) throw e;
+      chunksRetained++;
+    }),
+  );
   for (const k of me.journals) await store.delete(k);
   await store.delete(keys.pending(backupId));
   await store.delete(keys.metadata(backupId));
   await store.delete(keys.deleting(backupId));
-  return { deleted: true, chunksDeleted: doomed.length, chunksShared: shared.size };
+  return { deleted: true, chunksDeleted: doomed.length - chunksRetained, chunksShared: shared.size, ...(chunksRetained > 0 ? { chunksRetained } : {}) };
 }

@@ -34,6 +34,17 @@ export interface ObjectStore {
   list(prefix: string): AsyncIterable<string>;
   /** Makes the store's container (an S3 bucket) when it is missing; true when made. Absent where there is nothing to make. */
   createContainer?(): Promise<boolean>;
+  /** Set when the store locks what backups write (S3 Object Lock); absent otherwise. */
+  readonly objectLock?: ObjectLockPolicy;
+  /** The object's current lock, or null when it has none (or there is no such object). Only where objectLock is. */
+  retention?(key: string): Promise<Retention | null>;
+  /**
+   * Locks an existing object until at least `until`: one read, and a write only when its
+   * lock ends sooner (a lock is never shortened). False when there is no such object.
+   */
+  extendRetention?(key: string, until: Date): Promise<boolean>;
+  /** Throws a StoreUnusable naming bucket and target when the store cannot lock objects as configured. */
+  checkObjectLock?(): Promise<void>;
   /** Releases what the store holds open (sockets); absent when nothing is. */
   close?(): void;
 }
@@ -41,6 +52,25 @@ export interface ObjectStore {
 export interface PutOptions {
   /** CRC-32 of the body, computed off the main thread: the store checks the upload with it. */
   crc32?: number | null;
+  /** Lock the object until then (only where the store has objectLock; ignored elsewhere). */
+  retainUntil?: Date;
+}
+
+export interface ObjectLockPolicy {
+  mode: 'GOVERNANCE' | 'COMPLIANCE';
+  retainDays: number;
+}
+
+export interface Retention {
+  mode: 'GOVERNANCE' | 'COMPLIANCE';
+  retainUntil: Date;
+}
+
+const DAY_MS = 86_400_000;
+
+/** When a backup started at `from` stops being locked: the same for every attempt of it, so a retry re-locks nothing. */
+export function retainUntilFor(policy: ObjectLockPolicy, from: Date): Date {
+  return new Date(from.getTime() + policy.retainDays * DAY_MS);
 }
 
 const SEGMENT = /^[A-Za-z0-9_-][A-Za-z0-9._-]*$/;

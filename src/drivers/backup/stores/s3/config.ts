@@ -2,6 +2,26 @@
 import { z } from 'zod';
 import { chunkedTargetOptions, path } from '../../config.js';
 
+/**
+ * S3 Object Lock: every chunk and metadata object a backup writes is locked for
+ * `retainDays` (a chunk a newer backup re-uses is locked as long as that one), so
+ * neither gbackup nor anyone holding the credentials can delete or overwrite a backup
+ * sooner. The bucket must have been made with object lock (`target check --create-bucket`
+ * does that).
+ */
+export const ObjectLockConfig = z.strictObject(
+  {
+    retainDays: z
+      .number({ error: 'objectLock.retainDays must be a number of days' })
+      .int('objectLock.retainDays must be a whole number of days')
+      .positive('objectLock.retainDays must be at least 1 (S3 retention is counted in days)'),
+    /** COMPLIANCE: nobody can shorten or remove it; GOVERNANCE: users with s3:BypassGovernanceRetention can. */
+    mode: z.enum(['GOVERNANCE', 'COMPLIANCE'], { error: "objectLock.mode must be 'GOVERNANCE' or 'COMPLIANCE'" }).default('COMPLIANCE'),
+  },
+  { error: (i) => (i.code === 'unrecognized_keys' ? `objectLock has unknown ${i.keys.length === 1 ? 'field' : 'fields'} ${i.keys.map((k) => `'${k}'`).join(', ')} (known: retainDays, mode)` : 'objectLock must be { retainDays, mode? }') },
+);
+export type ObjectLockConfig = z.infer<typeof ObjectLockConfig>;
+
 export const S3Target = z.strictObject({
   ...chunkedTargetOptions,
   driver: z.literal('s3'),
@@ -23,5 +43,7 @@ export const S3Target = z.strictObject({
   credentialsFile: path('credentialsFile').optional(),
   /** Make the bucket when it is missing (at worker start and before a backup); off: a missing bucket is an error. */
   createBucket: z.boolean().default(false),
+  /** Absent: objects are not locked. */
+  objectLock: ObjectLockConfig.optional(),
 });
 export type S3Target = z.infer<typeof S3Target>;

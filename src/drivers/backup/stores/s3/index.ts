@@ -16,6 +16,7 @@ export const s3 = defineStore({
       forcePathStyle: c.forcePathStyle,
       credentials: new CredentialSource(await loadS3Credentials(c, env), () => loadS3Credentials(c, env)),
       createBucket: c.createBucket,
+      ...(c.objectLock !== undefined ? { objectLock: c.objectLock } : {}),
     }),
   resolvePaths: (c, abs) => (c.credentialsFile !== undefined ? { ...c, credentialsFile: abs(c.credentialsFile) } : c),
   localDirectory: () => null,

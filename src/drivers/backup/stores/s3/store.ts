@@ -3,9 +3,22 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Readable } from 'node:stream';
-import { CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { ObjectNotFound, StoreAccessDenied, StoreFull, StoreNotFound, StoreUnreachable } from '../../errors.js';
-import { checkKey, type ObjectStore, type PutOptions } from '../store.js';
+import { createHash } from 'node:crypto';
+import {
+  CreateBucketCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  GetObjectLockConfigurationCommand,
+  GetObjectRetentionCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  ListObjectVersionsCommand,
+  PutObjectCommand,
+  PutObjectRetentionCommand,
+  S3Client,
+} from '@aws-sdk/client-s3';
+import { ObjectNotFound, ObjectRetained, StoreAccessDenied, StoreFull, StoreNotFound, StoreUnreachable, StoreUnusable } from '../../errors.js';
+import { checkKey, type ObjectLockPolicy, type ObjectStore, type PutOptions, type Retention } from '../store.js';
 import { CredentialSource, type S3Credentials } from './credentials.js';
 import { DirectBody, DirectGets, type SignedRequest } from './directget.js';
 
@@ -70,6 +83,8 @@ export interface S3StoreOptions {
   unreachableTries?: number;
   /** The operator asked for it (`createBucket: true`): ready() makes a missing bucket. */
   createBucket?: boolean;
+  /** Lock what backups write (the bucket must have object lock, hence versioning). */
+  objectLock?: ObjectLockPolicy;
 }
 
 /**
@@ -85,6 +100,7 @@ export interface S3StoreOptions {
 export class S3Store implements ObjectStore {
   readonly location: string;
   readonly client: S3Client;
+  readonly objectLock?: ObjectLockPolicy;
   private readonly prefix: string;
   private readonly target: string;
   private readonly endpoint: string;
@@ -95,6 +111,7 @@ export class S3Store implements ObjectStore {
     this.prefix = opts.prefix === '' || opts.prefix.endsWith('/') ? opts.prefix : `${opts.prefix}/`;
     this.location = `s3://${opts.bucket}/${this.prefix}`;
     this.target = opts.target ?? 's3';
+    if (opts.objectLock) this.objectLock = opts.objectLock;
     this.endpoint = opts.endpoint ?? `https://s3.${opts.region}.amazonaws.com`;
     // Under Node 20 the SDK warns, once per process, that releases after January 2027 need
     // Node 22. The release the lockfile pins runs on Node 20, and the notice would otherwise
@@ -165,6 +182,10 @@ export class S3Store implements ObjectStore {
     if (status === 403 && (name === 'Forbidden' || name === 'Unknown' || name === 'UnknownError')) {
       return new StoreAccessDenied(`${says}: access denied to ${where} (HTTP 403)`, this.target);
     }
+    // A locked write to a bucket made without object lock: no retry makes it one.
+    if (status === 400 && this.objectLock && /object ?lock/i.test(detail ?? '')) {
+      return new StoreUnusable(`${says}: ${where} does not have S3 Object Lock enabled, but the target's objectLock needs it (${name}: ${detail}); run 'gbackup target check ${this.target}'`, this.target);
+    }
     if (status === 507) return new StoreFull(`${says}: ${where} has no space left (HTTP 507)`, this.target);
     return e;
   }
@@ -205,7 +226,8 @@ export class S3Store implements ObjectStore {
   async createContainer(): Promise<boolean> {
     return this.send(`create bucket '${this.opts.bucket}'`, async () => {
       try {
-        await this.client.send(new CreateBucketCommand({ Bucket: this.opts.bucket }));
+        // Object lock can only be turned on when a bucket is made (it brings versioning).
+        await this.client.send(new CreateBucketCommand({ Bucket: this.opts.bucket, ...(this.objectLock ? { ObjectLockEnabledForBucket: true } : {}) }));
         return true;
       } catch (e) {
         if ((e as Error).name === 'BucketAlreadyOwnedByYou') return false;
@@ -216,14 +238,20 @@ export class S3Store implements ObjectStore {
 
   async put(key: string, body: Buffer, opts?: PutOptions): Promise<void> {
     const crc = opts?.crc32;
+    const lock =
+      this.objectLock && opts?.retainUntil ? { ObjectLockMode: this.objectLock.mode, ObjectLockRetainUntilDate: opts.retainUntil } : null;
     if (crc === undefined || crc === null) {
       // SigV4 then hashes the body (sha256) on this thread: correct, but CPU the pipeline could use.
-      await this.send(`write object '${key}'`, () => this.client.send(new PutObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key), Body: body, ContentLength: body.length })));
+      // A locked PUT must carry a Content-MD5 (or a checksum) or S3 and MinIO refuse it.
+      const md5 = lock ? { ContentMD5: createHash('md5').update(body).digest('base64') } : {};
+      await this.send(`write object '${key}'`, () =>
+        this.client.send(new PutObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key), Body: body, ContentLength: body.length, ...md5, ...lock })),
+      );
       return;
     }
     const sum = Buffer.alloc(4);
     sum.writeUInt32BE(crc >>> 0);
-    const cmd = new PutObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key), Body: body, ContentLength: body.length, ChecksumCRC32: sum.toString('base64') });
+    const cmd = new PutObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key), Body: body, ContentLength: body.length, ChecksumCRC32: sum.toString('base64'), ...lock });
     // The store checks the body against the CRC (and refuses a mismatch), so the signature
     // need not cover a sha256 of it as well.
     cmd.middlewareStack.add(
@@ -318,7 +346,102 @@ export class S3Store implements ObjectStore {
   }
 
   async delete(key: string): Promise<void> {
+    if (this.objectLock) return this.deleteVersions(key);
     await this.send(`delete object '${key}'`, () => this.client.send(new DeleteObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key) })));
+  }
+
+  /**
+   * A lock-enabled bucket is versioned: a DeleteObject without a version only stacks a
+   * delete marker on the data, which stays. So every version (and marker) of the key is
+   * deleted by id. A version still locked is refused by the store (AWS: AccessDenied,
+   * MinIO: InvalidRequest "Object is WORM protected"): that is ObjectRetained, naming until when.
+   */
+  private async deleteVersions(key: string): Promise<void> {
+    const full = this.key(key);
+    const versions: (string | undefined)[] = [];
+    let keyMarker: string | undefined;
+    let versionMarker: string | undefined;
+    do {
+      const r = await this.send(`list versions of '${key}'`, () =>
+        this.client.send(
+          new ListObjectVersionsCommand({ Bucket: this.opts.bucket, Prefix: full, ...(keyMarker ? { KeyMarker: keyMarker } : {}), ...(versionMarker ? { VersionIdMarker: versionMarker } : {}) }),
+        ),
+      );
+      // A prefix listing: keys that merely start with this one are not ours.
+      for (const v of [...(r.Versions ?? []), ...(r.DeleteMarkers ?? [])]) if (v.Key === full) versions.push(v.VersionId);
+      keyMarker = r.IsTruncated ? r.NextKeyMarker : undefined;
+      versionMarker = r.IsTruncated ? r.NextVersionIdMarker : undefined;
+    } while (keyMarker);
+    for (const versionId of versions) {
+      await this.send(`delete object '${key}'`, async () => {
+        try {
+          await this.client.send(new DeleteObjectCommand({ Bucket: this.opts.bucket, Key: full, ...(versionId !== undefined ? { VersionId: versionId } : {}) }));
+        } catch (e) {
+          // AWS says AccessDenied; MinIO InvalidRequest "Object is WORM protected and cannot be overwritten".
+          const name = (e as Error).name;
+          if (name !== 'AccessDenied' && !(name === 'InvalidRequest' && /WORM|lock|retention/i.test((e as Error).message))) throw e;
+          const held = await this.retentionOf(full, versionId).catch(() => null);
+          if (held && held.retainUntil.getTime() > Date.now()) {
+            throw new ObjectRetained(
+              `target '${this.target}': object '${key}' is retained by S3 Object Lock until ${held.retainUntil.toISOString()} (mode ${held.mode}); it can be deleted after that`,
+              key,
+              held.retainUntil.toISOString(),
+            );
+          }
+          throw e;
+        }
+      });
+    }
+  }
+
+  private async retentionOf(full: string, versionId?: string): Promise<Retention | null> {
+    try {
+      const r = await this.client.send(new GetObjectRetentionCommand({ Bucket: this.opts.bucket, Key: full, ...(versionId !== undefined ? { VersionId: versionId } : {}) }));
+      const mode = r.Retention?.Mode;
+      const until = r.Retention?.RetainUntilDate;
+      if ((mode !== 'GOVERNANCE' && mode !== 'COMPLIANCE') || until === undefined) return null;
+      return { mode, retainUntil: new Date(until) };
+    } catch (e) {
+      const name = (e as Error).name;
+      // No lock on it, or no such object: nothing holds it.
+      if (name === 'NoSuchObjectLockConfiguration' || name === 'NoSuchKey' || name === 'NoSuchVersion' || httpStatus(e) === 404) return null;
+      throw e;
+    }
+  }
+
+  async retention(key: string): Promise<Retention | null> {
+    const full = this.key(key);
+    return this.send(`read the retention of object '${key}'`, () => this.retentionOf(full));
+  }
+
+  async extendRetention(key: string, until: Date): Promise<boolean> {
+    const full = this.key(key);
+    if (!(await this.exists(key))) return false;
+    const now = await this.retention(key);
+    if (now && now.retainUntil.getTime() >= until.getTime()) return true;
+    // The lock's mode stays as it is: COMPLIANCE cannot be turned into GOVERNANCE.
+    const mode = now?.mode ?? this.objectLock?.mode ?? 'COMPLIANCE';
+    await this.send(`extend the retention of object '${key}'`, () =>
+      this.client.send(new PutObjectRetentionCommand({ Bucket: this.opts.bucket, Key: full, Retention: { Mode: mode, RetainUntilDate: until } })),
+    );
+    return true;
+  }
+
+  async checkObjectLock(): Promise<void> {
+    const where = `bucket '${this.opts.bucket}' at ${this.endpoint}`;
+    const missing = new StoreUnusable(
+      `target '${this.target}': ${where} does not have S3 Object Lock enabled, but the target's objectLock needs it; object lock can only be turned on when a bucket is made: use a new bucket made with it ('gbackup target check ${this.target} --create-bucket' or 'createBucket: true' make a missing one so)`,
+      this.target,
+    );
+    const r = await this.send(`read the object lock configuration of bucket '${this.opts.bucket}'`, async () => {
+      try {
+        return await this.client.send(new GetObjectLockConfigurationCommand({ Bucket: this.opts.bucket }));
+      } catch (e) {
+        if ((e as Error).name === 'ObjectLockConfigurationNotFoundError') return null;
+        throw e;
+      }
+    });
+    if (r?.ObjectLockConfiguration?.ObjectLockEnabled !== 'Enabled') throw missing;
   }
 
   async *list(prefix: string): AsyncIterable<string> {
