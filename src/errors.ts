@@ -51,6 +51,8 @@ export class VolumeTooSmall extends InvalidInput {}
 export class InsufficientSpace extends InvalidInput {}
 export class BackupInProgress extends InvalidInput {}
 export class BackupOnlyStorage extends InvalidInput {}
+/** A consistency group names a hook the config does not declare (hooks are never commands from the caller). */
+export class HookNotFound extends InvalidInput {}
 /** The spec's rule: backup storage must not be the storage the volumes live on. */
 export class SameStorageTarget extends InvalidConfig {}
 /** The Temporal namespace lacks gbackup's search attributes, and they could not be added. */
@@ -61,6 +63,8 @@ export class NoEligibleNode extends PermanentError {}
 export class VolumeExists extends PermanentError {}
 /** A volume backend ran out of space while data was written to it (ENOSPC mid-copy). */
 export class BackendFull extends PermanentError {}
+/** A consistency group's hook exited non-zero or timed out: running it again is the operator's decision, not a retry's. */
+export class HookFailed extends PermanentError {}
 /** A failpoint fired with the non-retryable flavour (tests only). */
 export class InjectedFault extends PermanentError {}
 export class Cancelled extends GbackupError {}

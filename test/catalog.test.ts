@@ -240,6 +240,7 @@ describe.each(drivers)('catalog on $name', (driver) => {
       parentId: null,
       changes: null,
       policy: null,
+      scheduledAt: null,
       groupId: null,
       copyOf: null,
       verifiedAt: null,

@@ -15,6 +15,9 @@ import { formatBytes } from '../size.js';
 import { failpoint } from './failpoints.js';
 import { atMostExtents, copyExtentsOf, extentBytes, type Extent } from '../copy/extents.js';
 import { createObjectActivities } from './objects.js';
+import { createPolicyActivities } from './policy.js';
+import { createCopyActivities } from './copy.js';
+import { createGroupActivities } from './group.js';
 import { checkBackupSource, checkDeletable, checkIncrementalTarget, checkRestorable, checkRestoreOnto } from '../services/rules.js';
 import { backupKind, targetKind } from '../services/target-kinds.js';
 import { changeBaseName, tempSnapshotName } from '../names.js';
@@ -46,7 +49,7 @@ export function spreadIndex(key: string, n: number): number {
  * world than a whole runtime.
  */
 export type ControlDeps = Pick<Runtime, 'catalog' | 'driver' | 'target' | 'objectTarget' | 'isObjectTarget' | 'volumePlace'> & {
-  config: Pick<Runtime['config'], 'nodes' | 'timeouts'>;
+  config: Pick<Runtime['config'], 'nodes' | 'timeouts' | 'hooks'>;
 };
 
 export function createControlActivities(rt: ControlDeps) {
@@ -74,6 +77,11 @@ export function createControlActivities(rt: ControlDeps) {
       force?: boolean;
       snapshotId?: string;
       incremental?: boolean;
+      /** A policy's run: recorded on the backup, for its retention. */
+      policy?: string;
+      scheduledAt?: string;
+      /** A consistency group's backup (backupGroup): recorded on it. */
+      groupId?: string;
     }): Promise<BackupPlan> {
       const wf = workflowId();
       const c = cat();
@@ -127,6 +135,9 @@ export function createControlActivities(rt: ControlDeps) {
           location: dest,
           workflowId: wf,
           sourcePreviousStatus: volume.status,
+          policy: input.policy ?? null,
+          scheduledAt: input.scheduledAt ?? null,
+          groupId: input.groupId ?? null,
         });
       });
       await failpoint('backup.begin');
@@ -415,6 +426,9 @@ export function createControlActivities(rt: ControlDeps) {
     },
 
     ...createObjectActivities(rt),
+    ...createPolicyActivities(rt),
+    ...createCopyActivities(rt),
+    ...createGroupActivities(rt),
   };
 }
 

@@ -16,6 +16,8 @@ import { backupToStore } from '../drivers/backup/backup.js';
 import { restoreFromStore } from '../drivers/backup/restore.js';
 import { type ChunkedTarget } from '../drivers/backup/target.js';
 import { createTransferActivities } from './transfer.js';
+import { createHookActivities } from './hooks.js';
+import type { HookConfig } from '../config/schema.js';
 
 export interface CopyHeartbeat {
   doneOffset: number;
@@ -56,6 +58,8 @@ export interface NodeDeps {
   transferDirs?: readonly string[];
   /** The object targets (posix, s3) this node stores chunked backups in. */
   objectTarget?: (name: string) => Promise<ChunkedTarget>;
+  /** Consistency-group hooks this node may run (the config's `hooks`). */
+  hooks?: readonly HookConfig[];
 }
 
 /** What the chunked backup's heartbeat carries: a retry resumes from doneOffset. */
@@ -193,6 +197,7 @@ export function createNodeActivities(deps: NodeDeps) {
 
   return {
     ...createTransferActivities(deps),
+    ...createHookActivities(deps),
 
     async attachVolume(input: { connection: ConnectionInfo; role: 'source' | 'destination' }): Promise<{ device: string; node: string }> {
       const { device } = await attach(input.connection, input.role);

@@ -51,6 +51,8 @@ export type NewBackup = Pick<BackupView, 'id' | 'name' | 'volumeId' | 'snapshotI
   error?: string | null;
   /** The policy whose schedule started the backup; the consistency group it was taken with; the backup it copies. */
   policy?: string | null;
+  /** The schedule slot (nominal time) a policy's backup was taken for. */
+  scheduledAt?: string | null;
   groupId?: string | null;
   copyOf?: string | null;
 };
@@ -112,6 +114,8 @@ export interface Catalog {
   /** Backups built on top of this one (incrementals), which keep it from being deleted. */
   dependentsOf(id: string): Promise<BackupRecord[]>;
   listBackups(volumeId?: string): Promise<BackupRecord[]>;
+  /** The backups a policy's runs made (and copied), oldest first. */
+  listPolicyBackups(policy: string): Promise<BackupRecord[]>;
   /** One page of backups, oldest first; for listings too large for one message. */
   pageBackups(filter: { volumeId?: string }, page: PageRequest): Promise<Page<BackupRecord>>;
   countBackups(): Promise<number>;

@@ -49,10 +49,11 @@ const v3 = 'ALTER TABLE volumes ADD COLUMN attached_node TEXT';
 const v4 = 'ALTER TABLE backups ADD COLUMN changes TEXT';
 
 // Policies (issue 12): the policy whose schedule made a backup (retention prunes only its
-// own), the consistency group it was taken with, the backup it is a copy of, and when a
+// own, by the schedule slot it was taken for), the consistency group it was taken with, the backup it is a copy of, and when a
 // verify last read it back whole (retention always keeps the newest verified backup).
 const v5 = `
 ALTER TABLE backups ADD COLUMN policy TEXT;
+ALTER TABLE backups ADD COLUMN scheduled_at TEXT;
 ALTER TABLE backups ADD COLUMN group_id TEXT;
 ALTER TABLE backups ADD COLUMN copy_of TEXT;
 ALTER TABLE backups ADD COLUMN verified_at TEXT;

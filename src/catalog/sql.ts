@@ -54,6 +54,7 @@ function toBackup(r: Row): BackupRecord {
     parentId: str(r.parent_id),
     changes: str(r.changes),
     policy: str(r.policy),
+    scheduledAt: str(r.scheduled_at),
     groupId: str(r.group_id),
     copyOf: str(r.copy_of),
     verifiedAt: str(r.verified_at),
@@ -214,7 +215,7 @@ export abstract class SqlCatalog implements Catalog {
   async insertBackup(b: NewBackup): Promise<BackupRecord> {
     const t = b.createdAt ?? now();
     const r = await this.one(
-      'INSERT INTO backups (id,name,volume_id,snapshot_id,target,status,size,stored_bytes,method,node,error,location,workflow_id,source_previous_status,parent_id,policy,group_id,copy_of,created_at,updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING *',
+      'INSERT INTO backups (id,name,volume_id,snapshot_id,target,status,size,stored_bytes,method,node,error,location,workflow_id,source_previous_status,parent_id,policy,scheduled_at,group_id,copy_of,created_at,updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING *',
       [
         b.id,
         b.name,
@@ -232,6 +233,7 @@ export abstract class SqlCatalog implements Catalog {
         b.sourcePreviousStatus,
         b.parentId ?? null,
         b.policy ?? null,
+        b.scheduledAt ?? null,
         b.groupId ?? null,
         b.copyOf ?? null,
         t,
@@ -261,6 +263,10 @@ export abstract class SqlCatalog implements Catalog {
       ? await this.exec('SELECT * FROM backups WHERE volume_id = ? ORDER BY created_at, id', [volumeId])
       : await this.exec('SELECT * FROM backups ORDER BY created_at, id', []);
     return rows.map(toBackup);
+  }
+
+  async listPolicyBackups(policy: string): Promise<BackupRecord[]> {
+    return (await this.exec('SELECT * FROM backups WHERE policy = ? ORDER BY created_at, id', [policy])).map(toBackup);
   }
 
   async pageBackups(filter: { volumeId?: string }, page: PageRequest): Promise<Page<BackupRecord>> {
@@ -380,6 +386,7 @@ const TABLE_COLUMNS: Record<CatalogTable, Record<string, 'text' | 'int'>> = {
     parent_id: 'text',
     changes: 'text',
     policy: 'text',
+    scheduled_at: 'text',
     group_id: 'text',
     copy_of: 'text',
     verified_at: 'text',

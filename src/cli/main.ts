@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { existsSync } from 'node:fs';
-import type { BackupResult, RestoreResult, VerifyResult } from '../api.js';
+import type { BackupGroupResult, BackupResult, CopyBackupResult, RestoreResult, VerifyResult } from '../api.js';
 import { GbackupClient } from '../client/client.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
 import { GbackupError, InvalidInput, InvalidStatus } from '../errors.js';
@@ -42,6 +42,9 @@ usage: gbackup [--config FILE] [--json] COMMAND ...
   snapshot list [--volume ID] | show ID | delete ID
 
   backup create VOLUME_ID [--target T] [--name N] [--force] [--snapshot SNAP_ID] [--incremental] [--bps 50M] [--wait]
+  backup create --group V1,V2[,...] [--target T] [--incremental] [--name N] [--pre-hook NAME] [--post-hook NAME] [--wait]
+                                        consistency group: snapshots of all at one moment, between
+                                        the config's named hooks, then a backup of each
   backup list [--volume ID] | show ID
   backup delete ID [--wait]             refused while incrementals build on it
   backup verify ID [--schedule CRON | --unschedule]   read every chunk back (posix/s3), check hashes;
@@ -51,6 +54,7 @@ usage: gbackup [--config FILE] [--json] COMMAND ...
   backup cancel ID
   backup throttle ID --bps 50M|none
   backup restore BACKUP_ID (--backend B [--pool P] [--name N] | --volume VOLUME_ID) [--wait]
+  backup copy BACKUP_ID --to TARGET [--name N] [--wait]   a backup of its own in another target
 
   backend list | show NAME
   target list
@@ -182,10 +186,50 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
     case 'create': {
       const { values, pos } = parse(
         argv,
-        { target: { type: 'string' }, name: { type: 'string' }, wait: { type: 'boolean' }, force: { type: 'boolean' }, snapshot: { type: 'string' }, incremental: { type: 'boolean' }, bps: { type: 'string' } },
-        { min: 1, max: 1, names: 'VOLUME_ID' },
+        {
+          target: { type: 'string' },
+          name: { type: 'string' },
+          wait: { type: 'boolean' },
+          force: { type: 'boolean' },
+          snapshot: { type: 'string' },
+          incremental: { type: 'boolean' },
+          bps: { type: 'string' },
+          group: { type: 'string' },
+          'pre-hook': { type: 'string' },
+          'post-hook': { type: 'string' },
+        },
+        { min: 0, max: 1, names: 'VOLUME_ID' },
       );
       const incremental = values.incremental === true;
+      if (str(values.group) !== undefined) {
+        // A consistency group: every volume from a snapshot of one moment (backupGroup).
+        if (pos.length > 0) throw new UsageError('give either VOLUME_ID or --group V1,V2,..., not both');
+        for (const opt of ['force', 'snapshot', 'bps'] as const) if (values[opt] !== undefined) throw new UsageError(`--${opt} does not apply to --group (a group reads its own snapshots)`);
+        const volumeIds = str(values.group)!.split(',').map((v) => checkName(v.trim(), 'volume id', 'id'));
+        const config = loadConfig(str(values.config));
+        const target = optName(values, 'target', 'target');
+        const name = str(values.name) !== undefined ? checkName(str(values.name)!, 'backup name') : undefined;
+        const preHook = optName(values, 'pre-hook', 'pre hook');
+        const postHook = optName(values, 'post-hook', 'post hook');
+        const groupId = newId('grp');
+        return withClient(config, async (c) => {
+          const handle = await c.startBackupGroup({
+            groupId,
+            volumeIds,
+            ...(target ? { target } : {}),
+            ...(name ? { name } : {}),
+            ...(incremental ? { incremental } : {}),
+            ...(preHook ? { preHook } : {}),
+            ...(postHook ? { postHook } : {}),
+          });
+          await c.accepted(handle);
+          out.info(`group ${groupId} of volumes ${volumeIds.join(', ')} started (workflow ${handle.workflowId})`);
+          if (!values.wait) return out.result({ groupId, volumeIds, target: target ?? null, status: 'creating', workflowId: handle.workflowId }, () => groupId);
+          const r = await showProgress(c.result<BackupGroupResult>(handle), () => c.progress(handle));
+          return out.result(r, () => table(r.backups as unknown as Record<string, unknown>[], [...BACKUP_COLUMNS, 'groupId']));
+        });
+      }
+      if (pos.length === 0) throw new UsageError('backup create needs VOLUME_ID (or --group V1,V2,...)');
       let bpsLimit: number | undefined;
       if (str(values.bps) !== undefined) {
         const r = parseSize(str(values.bps)!, 'bps');
@@ -288,6 +332,22 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
         if (!values.wait) return out.result({ backupId, volumeId: input.volumeId ?? input.newVolumeId, status: 'restoring-backup', workflowId: handle.workflowId }, () => input.volumeId ?? input.newVolumeId!);
         const r = await showProgress(c.result<RestoreResult>(handle), () => c.progress(handle));
         return out.result(r.volume, () => record({ ...(r.volume) }));
+      });
+    }
+    case 'copy': {
+      const { values, pos } = parse(argv, { to: { type: 'string' }, name: { type: 'string' }, wait: { type: 'boolean' } }, { min: 1, max: 1, names: 'BACKUP_ID' });
+      const config = loadConfig(str(values.config));
+      const backupId = checkName(pos[0]!, 'backup id', 'id');
+      const target = checkName(need(values, 'to'), 'target');
+      const copyId = newId('bak');
+      const input = { backupId, target, copyId, ...(str(values.name) !== undefined ? { name: checkName(str(values.name)!, 'backup name') } : {}) };
+      return withClient(config, async (c) => {
+        const handle = await c.startCopy(input);
+        await c.accepted(handle);
+        out.info(`copy ${copyId} of backup ${backupId} to target ${target} started (workflow ${handle.workflowId})`);
+        if (!values.wait) return out.result({ id: copyId, copyOf: backupId, target, status: 'creating', workflowId: handle.workflowId }, () => copyId);
+        const r = await showProgress(c.result<CopyBackupResult>(handle), () => c.progress(handle));
+        return out.result({ ...r.backup, chunksUploaded: r.chunksUploaded, chunksSkipped: r.chunksSkipped }, () => record({ ...r.backup, chunksUploaded: r.chunksUploaded, chunksSkipped: r.chunksSkipped }));
       });
     }
     case 'verify': {

@@ -5,6 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Client, Connection, ScheduleAlreadyRunning, ScheduleNotFoundError, ScheduleOverlapPolicy, WorkflowExecutionAlreadyStartedError, WorkflowFailedError, type WorkflowExecutionDescription, type WorkflowHandle } from '@temporalio/client';
+import { Policies } from './policies.js';
 import { ActivityFailure, ApplicationFailure, CancelledFailure, TimeoutFailure } from '@temporalio/common';
 import {
   MANAGE_WORKFLOWS,
@@ -27,11 +28,15 @@ import {
   type VolumeView,
   type BackupResult,
   type BackupVolumeInput,
+  type BackupGroupInput,
   type DeleteBackupInput,
   type Progress,
   type RestoreBackupInput,
   type RestoreResult,
   type VerifyBackupInput,
+  copyWorkflowId,
+  type CopyBackupInput,
+  type CopyBackupResult,
 } from '../api.js';
 import type { LoadedConfig } from '../config/load.js';
 import { BackupInProgress, GbackupError, InvalidInput, InvalidStatus, MissingSearchAttributes } from '../errors.js';
@@ -104,6 +109,11 @@ export class GbackupClient {
 
   async close(): Promise<void> {
     await this.connection.close();
+  }
+
+  /** Backup policies: Temporal Schedules that run backups and prune by retention (policies.ts). */
+  get policies(): Policies {
+    return new Policies(this.client, this.taskQueue, (e) => this.explainRefusal(e));
   }
 
   // ---- management: each a short workflow on the control worker ---------------------------
@@ -292,6 +302,25 @@ export class GbackupClient {
     }
   }
 
+  /**
+   * A consistency group (backupGroup): snapshots of all volumes at one moment between the
+   * config's named pre and post hooks, then a backup of each. The result is BackupGroupResult.
+   */
+  async startBackupGroup(input: BackupGroupInput & { groupId: string }): Promise<WorkflowHandle> {
+    const workflowId = workflowIds.group(input.groupId);
+    try {
+      return await this.client.workflow.start(WORKFLOWS.backupGroup, {
+        taskQueue: this.taskQueue,
+        workflowId,
+        args: [input],
+        staticSummary: `Back up volumes ${input.volumeIds.join(', ')} as consistency group ${input.groupId}`,
+      });
+    } catch (e) {
+      if (e instanceof WorkflowExecutionAlreadyStartedError) throw new InvalidInput(`group id '${input.groupId}' is already used (workflow ${workflowId})`);
+      throw await this.explainRefusal(e);
+    }
+  }
+
   async startRestore(input: RestoreBackupInput & { newVolumeId?: string }): Promise<WorkflowHandle> {
     const workflowId = workflowIds.restore(input.backupId);
     try {
@@ -350,6 +379,26 @@ export class GbackupClient {
       if (e instanceof WorkflowExecutionAlreadyStartedError) throw new InvalidStatus(`backup '${input.backupId}' is already being verified (workflow ${workflowId})`);
       throw await this.explainRefusal(e);
     }
+  }
+
+  /** Copies a backup to a second target (a backup of its own there); one copy per backup and target at a time. */
+  async startCopy(input: CopyBackupInput): Promise<WorkflowHandle> {
+    const workflowId = copyWorkflowId(input.backupId, input.target);
+    try {
+      return await this.client.workflow.start(WORKFLOWS.copyBackup, {
+        taskQueue: this.taskQueue,
+        workflowId,
+        args: [input],
+        staticSummary: `Copy backup ${input.backupId} to target ${input.target}`,
+      });
+    } catch (e) {
+      if (e instanceof WorkflowExecutionAlreadyStartedError) throw new InvalidStatus(`backup '${input.backupId}' is already being copied to '${input.target}' (workflow ${workflowId})`);
+      throw await this.explainRefusal(e);
+    }
+  }
+
+  async copyBackup(input: CopyBackupInput): Promise<CopyBackupResult> {
+    return await this.result<CopyBackupResult>(await this.startCopy(input));
   }
 
   /** Waits for a workflow's result; its failure comes back as a WorkflowError with the original type. */

@@ -38,6 +38,22 @@ export const VolumeTarget = z.strictObject({
 export const Target = z.discriminatedUnion('driver', [VolumeTarget, ...OBJECT_TARGET_SCHEMAS]);
 export type TargetConfig = z.infer<typeof Target>;
 
+/**
+ * A command a consistency group runs on a node before (pre) and after (post) its snapshots,
+ * e.g. fsfreeze. Declared here and only named by a workflow input: a command taken from the
+ * input would be remote code execution for anyone who can start a workflow. Run with an
+ * argument array, never a shell.
+ */
+export const HookConfig = z.strictObject({
+  name: nameSchema('hook name'),
+  command: z
+    .array(z.string().min(1, 'a hook argument must not be empty').refine((a) => !a.includes('\0'), { message: 'a hook argument must not contain NUL' }))
+    .min(1, 'a hook command needs at least the executable')
+    .refine((c) => c[0] === undefined || c[0].startsWith('/'), { message: 'the hook executable (command[0]) must be an absolute path' }),
+  timeoutSeconds: z.number().positive().max(3600).default(60),
+});
+export type HookConfig = z.infer<typeof HookConfig>;
+
 export const NodeConfig = z.strictObject({
   name: nameSchema('node name'),
   backends: z.array(nameSchema('backend')).min(1, 'a node must reach at least one backend'),
@@ -113,6 +129,8 @@ export const Config = z
     defaultTarget: nameSchema('defaultTarget').optional(),
     /** Nodes and the backends each reaches; default: this host reaching every backend. */
     nodes: z.array(NodeConfig).min(1).optional(),
+    /** Commands consistency groups may run around their snapshots (backup create --group --pre-hook/--post-hook). */
+    hooks: z.array(HookConfig).optional(),
     /** Like Cinder's volume_copy_bps_limit: bytes per second shared by the copies on one node. */
     copyBpsLimit: size('copyBpsLimit').optional(),
     /**
@@ -142,6 +160,7 @@ export const Config = z
     unique(c.backends ?? [], 'backends');
     unique(c.targets ?? [], 'targets');
     if (c.nodes) unique(c.nodes, 'nodes');
+    if (c.hooks) unique(c.hooks, 'hooks');
     if ((c.backends === undefined) !== (c.targets === undefined)) {
       ctx.addIssue({ code: 'custom', path: [c.backends === undefined ? 'backends' : 'targets'], message: 'a worker config needs both backends and targets (a client config neither)' });
     }

@@ -201,6 +201,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
             notify: (workflowId, p) => sideCall(() => client.workflow.getHandle(workflowId).signal('copyProgress', p)),
             readLimit: async (workflowId) => (await sideCall(() => client.workflow.getHandle(workflowId).query<number | null>('copyLimit'))) ?? undefined,
             objectTarget: (name) => runtime.objectTarget(name),
+            ...(config.hooks !== undefined ? { hooks: config.hooks } : {}),
           }),
         }),
       );

@@ -52,6 +52,9 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
       force: input.force,
       snapshotId: input.snapshotId,
       ...(input.incremental !== undefined ? { incremental: input.incremental } : {}),
+      ...(input.policy !== undefined ? { policy: input.policy, scheduledAt: input.scheduledAt } : {}),
+      // Only in the activity's input (no new command): replay-safe for recorded histories.
+      ...(input.groupId !== undefined ? { groupId: input.groupId } : {}),
     });
     const acts = activities(plan.timeouts, mode);
     const { control: ctl, compensation } = acts;

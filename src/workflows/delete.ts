@@ -23,7 +23,8 @@ export async function deleteBackup(raw: DeleteBackupInput): Promise<{ backupId: 
     await backupTargetFor(begun).delete({ begun, backupId: input.backupId, control });
     await control.finishDeleteBackup({ backupId: input.backupId });
   } catch (err) {
-    const refused = failureType(err) === 'BackupHasDependents';
+    // Refused before anything was removed: the backup stays 'available'.
+    const refused = failureType(err) === 'BackupHasDependents' || failureType(err) === 'BackupRetained';
     await compensation.failDeleteBackup({ backupId: input.backupId, reason: failureReason(err), ...(refused ? { refused } : {}) });
     tracker.status('error');
     throw err;

@@ -4,3 +4,6 @@ export { restoreBackup } from './restore.js';
 export { deleteBackup } from './delete.js';
 export { verifyBackup } from './verify.js';
 export { lookup, createVolume, deleteVolume, importVolume, exportVolume, attachVolume, detachVolume, createSnapshot, deleteSnapshot, importBackupRecord, rebuildCatalog, checkTargets } from './manage.js';
+export { runPolicy, pruneBackups } from './policy.js';
+export { copyBackup } from './copy.js';
+export { backupGroup } from './group.js';

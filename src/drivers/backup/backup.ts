@@ -17,7 +17,7 @@ import type { Extent } from '../../copy/extents.js';
 import { BufferPool, CHUNK_OVERHEAD, chunkSpace, dataKey, keyFingerprint, sharedCodecPool, type ChunkBuffer, type CodecPool, type EncodedChunk } from './codec.js';
 import { ChunkMissing, NoParentBackup } from './errors.js';
 import { BackupMetadata, ChunkView, FORMAT, FORMAT_VERSION, JournalRecord, keys } from './format.js';
-import { listAll, type ObjectStore } from './stores/store.js';
+import { listAll, retainUntilFor, type ObjectStore } from './stores/store.js';
 import { ChunkedTarget } from './target.js';
 import { DoneMarks, Semaphore, abortError, asError, checkId, chunkLabel, chunksOverlapping, forEachLimited, isPermanent, readFully, sourceExtents } from './pool.js';
 import { findLatestBackup, loadChain, readJournals, readMetadata, readPending } from './chain.js';
@@ -196,6 +196,10 @@ async function backupOnce(opts: BackupToStoreOptions, early: EarlyHashes | null)
     };
     await store.put(keys.pending(backupId), Buffer.from(JSON.stringify(pending)));
   }
+  // Under Object Lock, every object of this backup is locked until the same moment, fixed
+  // by the pending record: a retry's uploads and re-locks match the first attempt's.
+  const retainUntil = store.objectLock ? retainUntilFor(store.objectLock, new Date(pending.createdAt)) : undefined;
+  const lock = retainUntil ? { retainUntil } : {};
   const parentView = chain.length > 0 ? ChunkView.ofChain(chain) : null;
   // Every chunk a chain member lists is stored (content addressed, same key space).
   const chainKnown = new Set<string>();
@@ -316,7 +320,7 @@ async function backupOnce(opts: BackupToStoreOptions, early: EarlyHashes | null)
       const b = await body();
       await uploads.acquire();
       try {
-        await store.put(objectKey, b.bytes, { crc32: b.crc32 });
+        await store.put(objectKey, b.bytes, { crc32: b.crc32, ...lock });
       } finally {
         uploads.release();
       }
@@ -502,7 +506,8 @@ async function backupOnce(opts: BackupToStoreOptions, early: EarlyHashes | null)
   // The journal is listed while the metadata is written (every journal write has settled).
   const journals = listAll(store, keys.journalPrefix(backupId));
   journals.catch(() => undefined);
-  await store.put(keys.metadata(backupId), Buffer.from(JSON.stringify(metadata)));
+  if (retainUntil) await extendReused(store, { view, stored: sizes, chain, space, retainUntil, concurrency });
+  await store.put(keys.metadata(backupId), Buffer.from(JSON.stringify(metadata)), lock);
   await cleanupProgress(store, backupId, journals);
   opts.onProgress?.({ doneOffset: size, bytesRead, bytesStored });
   return { metadata, resumedFrom, bytesRead, bytesSkippedByCbt, bytesStored, chunksStored, alreadyComplete: false };
@@ -535,4 +540,29 @@ async function cleanupProgress(store: ObjectStore, backupId: string, journals?: 
   await forEachLimited(8, listed.length, (i) => store.delete(listed[i]!));
   // Last: while it exists, a retry can still find the journal.
   await store.delete(keys.pending(backupId));
+}
+
+/**
+ * Under Object Lock, what this backup needs but did not store itself (chunks of its
+ * parents, chunks deduplicated against other backups, its parents' metadata) is locked
+ * at least as long as this backup, so none of it unlocks while this backup still needs
+ * it. Only objects whose lock ends sooner are written (extendRetention reads first).
+ * Before the metadata: a backup that exists is one whose every object is locked.
+ */
+async function extendReused(
+  store: ObjectStore,
+  o: { view: ChunkView; stored: Map<string, number>; chain: BackupMetadata[]; space: string; retainUntil: Date; concurrency: number },
+): Promise<void> {
+  const extend = store.extendRetention?.bind(store);
+  if (!extend) return;
+  const reused = new Set<string>();
+  for (let i = 0; i < o.view.count; i++) {
+    const h = o.view.hashAt(i);
+    if (h === null) continue;
+    const hex = h.toString('hex');
+    // Stored by this backup (any attempt): already locked until retainUntil.
+    if (!o.stored.has(hex)) reused.add(hex);
+  }
+  const todo = [...[...reused].map((h) => keys.chunk(o.space, h)), ...o.chain.map((m) => keys.metadata(m.backupId))];
+  await forEachLimited(o.concurrency, todo.length, async (i) => void (await extend(todo[i]!, o.retainUntil)));
 }
