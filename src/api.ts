@@ -102,6 +102,8 @@ export const CopyBackupInput = z.strictObject({
   /** Lets a caller choose the copy's id (generated otherwise). */
   copyId: idSchema('copyId').optional(),
   name: nameSchema('name').optional(),
+  /** Set by a policy run: the copy belongs to that policy (its prune applies the copy rules) and keeps the source's slot. */
+  policy: idSchema('policy').optional(),
 });
 export type CopyBackupInput = z.infer<typeof CopyBackupInput>;
 export interface CopyBackupResult {

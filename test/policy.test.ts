@@ -5,12 +5,13 @@
  * stricter policy: a dry run lists what would go and changes nothing; the prune deletes
  * exactly that, keeps the newest verified backup with its chain, and leaves no chunk behind.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { BackupView, PolicyRunResult, RestoreResult, VerifyResult } from '../src/api.js';
+import type { BackupView, PolicyRunResult, PruneResult, RestoreResult, VerifyResult } from '../src/api.js';
+import type { PolicyInfo } from '../src/client/policies.js';
 import { InvalidInput } from '../src/errors.js';
 import { MiB } from '../src/size.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
@@ -24,6 +25,7 @@ beforeAll(async () => {
   env = await makeEnv({
     yaml: (dir, taskQueue, address) => {
       mkdirSync(join(dir, 'objects'), { recursive: true });
+      mkdirSync(join(dir, 'offsite'), { recursive: true });
       return `
 temporal: { address: ${address}, namespace: default, taskQueue: ${taskQueue} }
 stateDir: ${dir}/state
@@ -32,6 +34,7 @@ backends:
   - { name: gamma, driver: file, path: ${dir}/gamma }
 targets:
   - { name: shelf, driver: posix, path: ${dir}/objects }
+  - { name: offsite, driver: posix, path: ${dir}/offsite }
 defaultTarget: shelf
 `;
     },
@@ -191,4 +194,92 @@ describe('backup policies on a Temporal Schedule', () => {
     await expect(env.client.policies.show('nope')).rejects.toThrow(/policy 'nope' not found/);
     expect((await env.client.policies.list()).map((p) => p.name)).not.toContain('p1');
   });
+
+  it('the CLI: create with --copy-to, run-now --wait copies each backup to the second target, prune --dry-run lists, pause/resume/show/list/delete; bad input exits 2', async () => {
+    const { main } = await import('../src/cli/main.js');
+    /** Runs the CLI in-process; its JSON output parsed. */
+    const cli = async <T>(...args: string[]): Promise<{ code: number; out: T; err: string }> => {
+      const out: string[] = [];
+      const err: string[] = [];
+      const o = vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => (out.push(String(c)), true));
+      const e = vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => (err.push(String(c)), true));
+      try {
+        const code = await main(['--config', env.configFile, '--json', ...args]);
+        return { code, out: JSON.parse(out.join('') || 'null') as T, err: err.join('') };
+      } finally {
+        o.mockRestore();
+        e.mockRestore();
+      }
+    };
+    const vol = await volumeWithData(env, 'alpha', undefined, 16, [0, 9]);
+    const name = `cli-${randomBytes(3).toString('hex')}`;
+
+    // Bad input names what is wrong and creates nothing.
+    const both = await cli('policy', 'create', name, '--volume', vol.id, '--selector', 'backend=alpha', '--schedule', '0 3 1 1 *', '--keep-last', '1');
+    expect(both.code).toBe(2);
+    expect(both.err).toMatch(/--volume ID .* or --selector/);
+    const nan = await cli('policy', 'create', name, '--volume', vol.id, '--schedule', '0 3 1 1 *', '--keep-last', 'many');
+    expect(nan.code).toBe(2);
+    expect(nan.err).toMatch(/--keep-last must be a whole number, not 'many'/);
+    const badKeep = await cli('policy', 'create', name, '--volume', vol.id, '--schedule', '0 3 1 1 *', '--keep-last', '1', '--copy-to', 'offsite', '--copy-keep', 'hourly=3');
+    expect(badKeep.code).toBe(2);
+    expect(badKeep.err).toMatch(/--copy-keep: 'hourly=3'/);
+    const sameTarget = await cli('policy', 'create', name, '--volume', vol.id, '--target', 'shelf', '--schedule', '0 3 1 1 *', '--keep-last', '1', '--copy-to', 'shelf');
+    expect(sameTarget.code).toBe(2);
+    expect(sameTarget.err).toMatch(/copy target must differ/);
+    expect((await cli<PolicyInfo[]>('policy', 'list')).out.map((p) => p.name)).not.toContain(name);
+
+    // Once a year at 03:00 on Jan 1: only run-now runs it here.
+    const created = await cli<PolicyInfo>('policy', 'create', name, '--volume', vol.id, '--target', 'shelf', '--schedule', '0 3 1 1 *', '--keep-last', '1', '--copy-to', 'offsite', '--copy-keep', 'last=1');
+    expect(created.code, created.err).toBe(0);
+    expect(created.out.policy).toMatchObject({ name, volumeIds: [vol.id], target: 'shelf', keep: { last: 1 }, copyTo: { target: 'offsite', keep: { last: 1 } } });
+    expect(created.out.nextRuns[0]).toMatch(/-01-01T03:00:00/);
+
+    const sums: string[] = [];
+    const runs: PolicyRunResult[] = [];
+    for (let i = 0; i < 2; i++) {
+      if (i > 0) await scribble(vol.id, 3);
+      sums.push(await env.volumes.sha256(vol.id));
+      const r = await cli<PolicyRunResult>('policy', 'run-now', name, '--wait');
+      expect(r.code, r.err).toBe(0);
+      expect(r.out.backups).toHaveLength(1);
+      expect(r.out.copies).toEqual([{ backupId: r.out.backups[0]!.backupId, copyId: expect.any(String) as string }]);
+      runs.push(r.out);
+    }
+    const [first, second] = runs as [PolicyRunResult, PolicyRunResult];
+    // keep-last 1 on shelf: the second run's prune removed the first backup there.
+    expect(second.prune!.deleted).toContain(first.backups[0]!.backupId);
+    const mine = (await env.client.listBackups(vol.id)).filter((b) => b.policy === name);
+    const copy2 = mine.find((b) => b.id === second.copies[0]!.copyId)!;
+    expect(copy2).toMatchObject({ target: 'offsite', copyOf: second.backups[0]!.backupId, status: 'available' });
+    expect(mine.filter((b) => b.target === 'shelf').map((b) => b.id)).toEqual([second.backups[0]!.backupId]);
+    // On offsite the second copy builds on the first (its chunks are re-used), so keep-last 1 keeps both.
+    const offsite = mine.filter((b) => b.target === 'offsite').map((b) => b.id).sort();
+    expect(offsite).toEqual([first.copies[0]!.copyId, second.copies[0]!.copyId].sort());
+
+    // The copy restores on its own, bit-exact.
+    const rh = await env.client.startRestore({ backupId: copy2.id, backend: 'gamma', newVolumeId: `vol-r-${randomBytes(4).toString('hex')}` });
+    const restored = (await env.client.result<RestoreResult>(rh)).volume;
+    expect(await env.volumes.sha256(restored.id)).toBe(sums[1]);
+    await env.volumes.delete(restored.id);
+
+    const dry = await cli<PruneResult>('policy', 'prune', name, '--dry-run');
+    expect(dry.code, dry.err).toBe(0);
+    expect(dry.out).toMatchObject({ dryRun: true, deleted: [] });
+    expect(dry.out.plan.flatMap((g) => g.remove)).toEqual([]);
+    expect(dry.out.plan.map((g) => g.target).sort()).toEqual(['offsite', 'shelf']);
+
+    expect((await cli<PolicyInfo>('policy', 'pause', name)).out.paused).toBe(true);
+    const shown = await cli<PolicyInfo & { lastRun: { status: string } }>('policy', 'show', name);
+    expect(shown.out).toMatchObject({ name, paused: true, lastRun: { status: 'COMPLETED' } });
+    expect((await cli<PolicyInfo>('policy', 'resume', name)).out.paused).toBe(false);
+    expect((await cli<PolicyInfo[]>('policy', 'list')).out.map((p) => p.name)).toContain(name);
+    expect((await cli('policy', 'delete', name)).code).toBe(0);
+    const gone = await cli('policy', 'show', name);
+    expect(gone.code).toBe(2);
+    expect(gone.err).toMatch(new RegExp(`policy '${name}' not found`));
+    // The backups stay after the policy goes.
+    expect((await env.client.listBackups(vol.id)).filter((b) => b.policy === name)).toHaveLength(3);
+    expect(await findLeaks(env)).toEqual(NO_LEAKS);
+  }, 300_000);
 });

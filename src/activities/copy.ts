@@ -47,7 +47,7 @@ export function createCopyActivities(rt: CopyDeps) {
   const cat = () => rt.catalog;
   const timeouts: Timeouts = { scheduleToStartMs: rt.config.timeouts.scheduleToStart * 1000, heartbeatMs: rt.config.timeouts.heartbeat * 1000 };
   return {
-    async beginCopy(input: { backupId: string; target: string; copyId: string; name?: string }): Promise<CopyPlan> {
+    async beginCopy(input: { backupId: string; target: string; copyId: string; name?: string; policy?: string }): Promise<CopyPlan> {
       const wf = workflowId();
       const c = cat();
       const src = await c.backup(input.backupId);
@@ -98,6 +98,8 @@ export function createCopyActivities(rt: CopyDeps) {
           workflowId: wf,
           sourcePreviousStatus: null,
           copyOf: src.id,
+          // A policy's copy counts for the slot of the backup it copies.
+          ...(input.policy !== undefined ? { policy: input.policy, scheduledAt: src.scheduledAt ?? src.createdAt } : {}),
         });
       });
       return plan;

@@ -6,19 +6,18 @@
  *
  * Exit codes: 0 success, 1 the operation failed, 2 bad usage or invalid input.
  */
-import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { existsSync } from 'node:fs';
 import type { BackupGroupResult, BackupResult, CopyBackupResult, RestoreResult, VerifyResult } from '../api.js';
-import { GbackupClient } from '../client/client.js';
-import { loadConfig, type LoadedConfig } from '../config/load.js';
+import { loadConfig } from '../config/load.js';
 import { GbackupError, InvalidInput, InvalidStatus } from '../errors.js';
 import { formatBytes, parseSize } from '../size.js';
 import { checkName, checkSize } from '../services/checks.js';
 import { describeCheck } from '../drivers/backup/check.js';
 import { makeOut, record, table, UsageError, type Out } from './output.js';
+import { need, newId, optName, parse, str, withClient } from './args.js';
+import { POLICY_USAGE, policyCommand } from './policy.js';
 import { showProgress } from './progress.js';
 /**
  * What only `worker`, `dev`, `demo` and `catalog migrate` need (the Temporal worker's native
@@ -56,6 +55,7 @@ usage: gbackup [--config FILE] [--json] COMMAND ...
   backup restore BACKUP_ID (--backend B [--pool P] [--name N] | --volume VOLUME_ID) [--wait]
   backup copy BACKUP_ID --to TARGET [--name N] [--wait]   a backup of its own in another target
 
+${POLICY_USAGE}
   backend list | show NAME
   target list
   target check [NAME] [--create-bucket]   can this host list, write, read and delete in the
@@ -71,45 +71,8 @@ usage: gbackup [--config FILE] [--json] COMMAND ...
 The config comes from --config FILE, else $GBACKUP_CONFIG, else an embedded default.
 `;
 
-type Opts = NonNullable<ParseArgsConfig['options']>;
-const common: Opts = { config: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } };
-
-function parse(argv: string[], options: Opts, positionals: { min: number; max: number; names: string }) {
-  let r;
-  try {
-    r = parseArgs({ args: argv, options: { ...common, ...options }, allowPositionals: true, strict: true });
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-  if (r.positionals.length < positionals.min) throw new UsageError(`missing ${positionals.names}`);
-  if (r.positionals.length > positionals.max) throw new UsageError(`unexpected argument '${r.positionals[positionals.max]}'`);
-  return { values: r.values as Record<string, string | boolean | undefined>, pos: r.positionals };
-}
-
-const str = (v: string | boolean | undefined) => (typeof v === 'string' ? v : undefined);
-/** An optional option that is a name or id: checked here, so nothing unchecked leaves this process. */
-function optName(values: Record<string, string | boolean | undefined>, key: string, what: string, kind: 'id' | 'name' = 'name'): string | undefined {
-  const v = str(values[key]);
-  return v === undefined ? undefined : checkName(v, what, kind);
-}
-const newId = (prefix: string) => `${prefix}-${randomBytes(6).toString('hex')}`;
-function need(values: Record<string, string | boolean | undefined>, key: string): string {
-  const v = str(values[key]);
-  if (v === undefined || v === '') throw new UsageError(`--${key} is required`);
-  return v;
-}
-
 const VOLUME_COLUMNS = ['id', 'name', 'backend', 'pool', 'size', 'status'];
 const BACKUP_COLUMNS = ['id', 'volumeId', 'target', 'status', 'size', 'storedBytes', 'method', 'createdAt', 'error'];
-
-async function withClient<T>(config: LoadedConfig, fn: (c: GbackupClient) => Promise<T>): Promise<T> {
-  const c = await GbackupClient.connect(config);
-  try {
-    return await fn(c);
-  } finally {
-    await c.close();
-  }
-}
 
 async function volumeCommand(sub: string | undefined, argv: string[], out: Out): Promise<void> {
   switch (sub) {
@@ -323,7 +286,7 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
         ...(backend !== undefined ? { backend: checkName(backend, 'backend') } : {}),
         ...(str(values.pool) !== undefined ? { pool: checkName(str(values.pool)!, 'pool') } : {}),
         ...(str(values.name) !== undefined ? { name: checkName(str(values.name)!, 'volume name') } : {}),
-        ...(volumeId === undefined ? { newVolumeId: `vol-${randomBytes(6).toString('hex')}` } : {}),
+        ...(volumeId === undefined ? { newVolumeId: newId('vol') } : {}),
       };
       return withClient(config, async (c) => {
         const handle = await c.startRestore(input);
@@ -411,7 +374,7 @@ async function backupCommand(sub: string | undefined, argv: string[], out: Out):
       return out.result(b, () => record({ ...b }));
     }
     default:
-      throw new UsageError(`unknown backup command '${sub ?? ''}' (create, list, show, delete, cancel, throttle, restore, verify, export, import)`);
+      throw new UsageError(`unknown backup command '${sub ?? ''}' (create, list, show, delete, cancel, throttle, restore, copy, verify, export, import)`);
   }
 }
 
@@ -565,6 +528,9 @@ export async function main(rawArgv: string[]): Promise<number> {
         break;
       case 'target':
         await targetCommand(sub, rest, out);
+        break;
+      case 'policy':
+        await policyCommand(sub, rest, out);
         break;
       case 'catalog': {
         if (sub === 'migrate') {

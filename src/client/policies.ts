@@ -163,10 +163,26 @@ export class Policies {
     await handle.delete();
   }
 
-  /** A run now, through the schedule (its overlap rule applies: skipped while one runs). */
-  async runNow(name: string): Promise<void> {
-    const { handle } = await this.describeOr404(name);
+  /**
+   * A run now, through the schedule (its overlap rule applies: skipped while one runs).
+   * The server starts the run a moment after the trigger: this waits for it to appear
+   * and returns its workflow id, or null when the schedule skipped it (a run is going).
+   */
+  async runNow(name: string, opts: { appearWithinMs?: number } = {}): Promise<{ workflowId: string | null; running: string[] }> {
+    const { handle, d } = await this.describeOr404(name);
+    const known = new Set([...d.info.recentActions.map((a) => a.action.workflow.workflowId), ...d.info.runningActions.map((a) => a.workflow.workflowId)]);
     await handle.trigger(ScheduleOverlapPolicy.SKIP);
+    // With a run going the trigger is skipped: no need to wait long to see that.
+    const deadline = Date.now() + (opts.appearWithinMs ?? (d.info.runningActions.length > 0 ? 1500 : 10_000));
+    let running: string[] = [];
+    for (;;) {
+      const now = await handle.describe();
+      running = now.info.runningActions.map((a) => a.workflow.workflowId);
+      const started = [...now.info.recentActions.map((a) => a.action.workflow.workflowId), ...running].find((id) => !known.has(id));
+      if (started !== undefined) return { workflowId: started, running };
+      if (Date.now() > deadline) return { workflowId: null, running };
+      await new Promise((r) => setTimeout(r, 200));
+    }
   }
 
   /**

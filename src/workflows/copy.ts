@@ -28,7 +28,7 @@ export async function copyBackup(raw: CopyBackupInput): Promise<CopyBackupResult
   const saga = new Saga();
   try {
     tracker.phase('validating');
-    const plan = await localControl.beginCopy({ backupId: input.backupId, target: input.target, copyId, ...(input.name !== undefined ? { name: input.name } : {}) });
+    const plan = await localControl.beginCopy({ backupId: input.backupId, target: input.target, copyId, ...(input.name !== undefined ? { name: input.name } : {}), ...(input.policy !== undefined ? { policy: input.policy } : {}) });
     const acts = activities(plan.timeouts, 'local');
     const { control: ctl, compensation } = acts;
     saga.add('fail copy', () => compensation.failCopy({ copyId, backupId: plan.sourceId }));

@@ -25,9 +25,12 @@ import {
   policyIds,
   PruneBackupsInput,
   RunPolicyInput,
+  copyWorkflowId,
   workflowIds,
   WORKFLOWS,
   type BackupResult,
+  type CopyBackupInput,
+  type CopyBackupResult,
   type BackupVolumeInput,
   type DeleteBackupInput,
   type PolicyRunResult,
@@ -84,8 +87,17 @@ export async function runPolicy(raw: RunPolicyInput): Promise<PolicyRunResult> {
         staticSummary: `Policy ${policy.name}: back up volume ${volumeId} (${incremental ? 'incremental' : 'full'})`,
       });
       result.backups.push({ volumeId, backupId: r.backup.id, full: r.backup.parentId === null });
+      if (policy.copyTo) {
+        phase('copying');
+        const c = await executeChild<(i: CopyBackupInput) => Promise<CopyBackupResult>>(WORKFLOWS.copyBackup, {
+          workflowId: copyWorkflowId(r.backup.id, policy.copyTo.target),
+          args: [{ backupId: r.backup.id, target: policy.copyTo.target, policy: policy.name }],
+          staticSummary: `Policy ${policy.name}: copy backup ${r.backup.id} of volume ${volumeId} to ${policy.copyTo.target}`,
+        });
+        result.copies.push({ backupId: r.backup.id, copyId: c.backup.id });
+      }
     } catch (e) {
-      if (e instanceof WorkflowExecutionAlreadyStartedError) result.skipped.push({ volumeId, why: 'a backup of the volume was still running; this slot is skipped for it' });
+      if (e instanceof WorkflowExecutionAlreadyStartedError) result.skipped.push({ volumeId, why: 'a backup (or copy) of the volume was still running; this slot is skipped for it' });
       else result.failed.push({ volumeId, error: innermost(e).reason });
     }
     state.done++;
