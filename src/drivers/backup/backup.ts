@@ -14,8 +14,8 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { InvalidInput } from '../../errors.js';
 import type { Throttle } from '../../copy/throttle.js';
 import type { Extent } from '../../copy/extents.js';
-import { BufferPool, CHUNK_OVERHEAD, chunkSpace, dataKey, keyFingerprint, sharedCodecPool, type ChunkBuffer, type CodecPool, type EncodedChunk } from './codec.js';
-import { ChunkMissing, NoParentBackup } from './errors.js';
+import { BufferPool, CHUNK_OVERHEAD, chunkSpace, dataKey, keyFingerprint, sharedCodecPool, type ChunkBuffer, type CodecPool, type EncodedChunk, type EncodeOptions } from './codec.js';
+import { BackupChainBroken, ChunkMissing, NoParentBackup } from './errors.js';
 import { BackupMetadata, ChunkView, FORMAT, FORMAT_VERSION, JournalRecord, keys } from './format.js';
 import { listAll, retainUntilFor, type ObjectStore } from './stores/store.js';
 import { ChunkedTarget } from './target.js';
@@ -23,6 +23,7 @@ import { DoneMarks, Semaphore, abortError, asError, checkId, chunkLabel, chunksO
 import { findLatestBackup, loadChain, readJournals, readMetadata, readPending } from './chain.js';
 import { deleteBackup } from './prune.js';
 import { EarlyHashes } from './early.js';
+import { settleDeletes } from './gc.js';
 
 /**
  * Uploads in flight. Against MinIO on loopback (2 cores, 1 GiB, bench/objects.ts) 6 was
@@ -104,6 +105,8 @@ export interface BackupToStoreResult {
   chunksStored: number;
   /** The backup was already complete (an earlier attempt wrote its metadata). */
   alreadyComplete: boolean;
+  /** Chunks a delete running at the same time removed, read from the source and stored again (gc.ts). */
+  chunksRepaired?: number;
 }
 
 export async function backupToStore(opts: BackupToStoreOptions): Promise<BackupToStoreResult> {
@@ -508,9 +511,20 @@ async function backupOnce(opts: BackupToStoreOptions, early: EarlyHashes | null)
   journals.catch(() => undefined);
   if (retainUntil) await extendReused(store, { view, stored: sizes, chain, space, retainUntil, concurrency });
   await store.put(keys.metadata(backupId), Buffer.from(JSON.stringify(metadata)), lock);
+  // A delete that scanned before this metadata existed may have taken what it references (gc.ts).
+  const settled = await settleDeletes(store, {
+    backupId,
+    sinceMs: Date.parse(pending.createdAt),
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    onWait: () => opts.onProgress?.({ doneOffset: size, bytesRead, bytesStored }),
+  });
+  const chunksRepaired =
+    settled.deletes.length === 0
+      ? 0
+      : await repairAfterDeletes({ store, backupId, chain, metadata, deletes: settled.deletes, source: opts.source, codec, encodeOpts, lock, signal: opts.signal });
   await cleanupProgress(store, backupId, journals);
   opts.onProgress?.({ doneOffset: size, bytesRead, bytesStored });
-  return { metadata, resumedFrom, bytesRead, bytesSkippedByCbt, bytesStored, chunksStored, alreadyComplete: false };
+  return { metadata, resumedFrom, bytesRead, bytesSkippedByCbt, bytesStored, chunksStored, alreadyComplete: false, ...(chunksRepaired > 0 ? { chunksRepaired } : {}) };
 }
 
 /** `changed` is byte ranges over a given parent: anything else is a caller's mistake, not a reason to read less. */
@@ -532,6 +546,67 @@ function chunksOutside(ranges: Extent[], count: number, chunkSize: number): Uint
     for (let i = Math.floor(e.start / chunkSize); i < last; i++) out[i] = 0;
   }
   return out;
+}
+
+/**
+ * After a delete ran while this backup did (gc.ts): every ancestor must still be there,
+ * else the backup is marked unusable and fails (its workflow deletes it); every chunk
+ * its metadata names must be in the store, else it is read from the source and stored
+ * again. The metadata, already written, keeps any later delete off these chunks.
+ */
+async function repairAfterDeletes(o: {
+  store: ObjectStore;
+  backupId: string;
+  chain: BackupMetadata[];
+  metadata: BackupMetadata;
+  deletes: string[];
+  source: string;
+  codec: CodecPool;
+  encodeOpts: EncodeOptions;
+  lock: { retainUntil?: Date };
+  signal: AbortSignal | undefined;
+}): Promise<number> {
+  const { store, backupId, metadata: m } = o;
+  for (const a of o.chain) {
+    if ((await store.exists(keys.metadata(a.backupId))) && !(await store.exists(keys.deleting(a.backupId)))) continue;
+    await store.put(keys.deleting(backupId), Buffer.from(JSON.stringify({ backupId, at: new Date().toISOString(), why: `ancestor '${a.backupId}' deleted` })));
+    throw new BackupChainBroken(
+      `backup '${backupId}' builds on backup '${a.backupId}', which a delete running at the same time (of ${o.deletes.map((d) => `'${d}'`).join(', ')}) removed; back the volume up again (a full backup, or an incremental on another backup)`,
+    );
+  }
+  const distinct = [...new Map(m.chunks.map((e) => [e.sha256, e])).values()];
+  const missing: typeof distinct = [];
+  await forEachLimited(8, distinct.length, async (i) => {
+    const e = distinct[i]!;
+    if ((await store.sizeOf(keys.chunk(m.chunkSpace, e.sha256))) === null) missing.push(e);
+  });
+  if (missing.length === 0) return 0;
+  const fh = await open(o.source, 'r');
+  const bufs = new BufferPool(1, m.chunkSize);
+  const spaces = new BufferPool(1, m.chunkSize + CHUNK_OVERHEAD);
+  const buf = await bufs.take();
+  const space = await spaces.take();
+  try {
+    for (const e of missing) {
+      if (o.signal?.aborted) throw abortError(o.signal, `backup '${backupId}'`);
+      await readFully(fh, buf, e.length, e.offset, o.source);
+      const h = await o.codec.hash(buf, e.length);
+      if (h.sha?.toString('hex') !== e.sha256) {
+        throw new ChunkMissing(`backup '${backupId}': ${chunkLabel(e.offset, e.sha256)} was removed by a delete running at the same time, and the source no longer holds it`, {
+          offset: e.offset,
+          sha256: e.sha256,
+          key: keys.chunk(m.chunkSpace, e.sha256),
+        });
+      }
+      const body = await o.codec.encode(buf, e.length, space, h.sha, o.encodeOpts);
+      await store.put(keys.chunk(m.chunkSpace, e.sha256), body.bytes, { crc32: body.crc32, ...o.lock });
+    }
+  } finally {
+    bufs.give(buf);
+    spaces.give(space);
+    await fh.close();
+  }
+  return missing.length;
 }
 
 /** Removes an unfinished backup's bookkeeping (pending record and journal). */

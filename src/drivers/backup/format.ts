@@ -146,6 +146,9 @@ export const keys = {
   /** Zero-padded so a listing sorts in chunk order. */
   journal: (backupId: string, from: number) => `backups/${backupId}/journal/${from.toString().padStart(12, '0')}.json`,
   chunk: (space: string, sha256: string) => `chunks/${space}/${sha256.slice(0, 2)}/${sha256}`,
+  /** Deletes announce themselves here before they scan (gc.ts); the start time sorts them. */
+  gcPrefix: 'gc/',
+  gc: (startedMs: number, backupId: string) => `gc/${String(startedMs).padStart(15, '0')}-${backupId}.json`,
 };
 
 /** `backups/<id>/<file>` → [id, file], or null for keys of another shape. */

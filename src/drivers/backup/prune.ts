@@ -4,9 +4,11 @@
 import { BackupHasDependents, ObjectRetained } from './errors.js';
 import { refuseWhileRetained } from './lock.js';
 import { keys } from './format.js';
+import { listAll } from './stores/store.js';
 import { ChunkedTarget } from './target.js';
 import { forEachLimited } from './pool.js';
 import { readJournals, scanBackups } from './chain.js';
+import { announceDelete } from './gc.js';
 
 export interface DeleteBackupResult {
   /** False when there was nothing of the backup in the target (already deleted). */
@@ -31,6 +33,24 @@ export async function deleteBackup(opts: {
   /** Chunks the caller knows this backup stored beyond what its metadata and journal list (sha256 hex). */
   also?: string[];
 }): Promise<DeleteBackupResult> {
+  const store = opts.target.store;
+  // Nothing of it stored: nothing to remove and nothing to announce, so a repeated delete
+  // changes nothing. A locked backup is refused before anything is written, announcement too.
+  const present = await listAll(store, keys.backupDir(opts.backupId));
+  if (present.length === 0) return { deleted: false, chunksDeleted: 0, chunksShared: 0 };
+  if (present.includes(keys.metadata(opts.backupId))) await refuseWhileRetained(store, opts.target.name, opts.backupId);
+  // Announced before the scan, so a backup writing its metadata meanwhile finds out (gc.ts).
+  const announced = await announceDelete(store, opts.backupId);
+  try {
+    return await deleteScanned(opts);
+  } finally {
+    // Kept (marked finished) even when no backup seemed to run: an incremental may have
+    // chosen this very backup as its parent and not yet said so (gc.ts).
+    await announced.finish();
+  }
+}
+
+async function deleteScanned(opts: Parameters<typeof deleteBackup>[0]): Promise<DeleteBackupResult> {
   const { target, backupId } = opts;
   const store = target.store;
   const all = await scanBackups(store);
