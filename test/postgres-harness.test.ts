@@ -123,7 +123,10 @@ describe('a separately started server', () => {
     const { port, pid, dir } = server;
     const processes = [pid, ...childPids(pid)];
     expect(processes.length, 'postmaster and its auxiliary processes').toBeGreaterThan(1);
-    expect(processes.every(isAlive)).toBe(true);
+    // A backend of an earlier connection may exit between the listing and here: the
+    // postmaster and the auxiliaries still running are what stop() must end.
+    expect(isAlive(pid)).toBe(true);
+    expect(processes.filter(isAlive).length).toBeGreaterThan(1);
     expect(await connectionRefused(port)).toBe(false);
 
     await server.stop();
