@@ -21,6 +21,7 @@ import { ObjectTarget } from '../src/drivers/backup/stores/registry.js';
 import { keys } from '../src/drivers/backup/format.js';
 import { listAll, type ObjectStore, type PutOptions } from '../src/drivers/backup/stores/store.js';
 import { cleanupOnExit, startMinio, type Minio } from './helpers/minio.js';
+import { DelegatingStore } from './helpers/delegating-store.js';
 
 const MiB = 1024 * 1024;
 const CS = MiB;
@@ -57,19 +58,12 @@ afterAll(async () => {
 });
 
 /** Counts what reaches the store, and lets a test act on the n-th get. */
-class SpyStore implements ObjectStore {
+class SpyStore extends DelegatingStore {
   puts = 0;
   putBytes = 0;
   gets = 0;
   onGet: ((n: number) => void) | null = null;
-  constructor(readonly inner: ObjectStore) {}
-  get location() {
-    return this.inner.location;
-  }
-  ready() {
-    return this.inner.ready();
-  }
-  async put(key: string, body: Buffer, opts?: PutOptions) {
+  override async put(key: string, body: Buffer, opts?: PutOptions) {
     if (key.startsWith('chunks/')) {
       this.puts++;
       this.putBytes += body.length;
@@ -82,25 +76,13 @@ class SpyStore implements ObjectStore {
       this.onGet?.(this.gets);
     }
   }
-  async get(key: string) {
+  override async get(key: string) {
     this.counted(key);
     return this.inner.get(key);
   }
-  async getInto<B extends ArrayBufferLike>(key: string, alloc: (n: number) => B) {
+  override async getInto<B extends ArrayBufferLike>(key: string, alloc: (n: number) => B) {
     this.counted(key);
     return this.inner.getInto(key, alloc);
-  }
-  exists(key: string) {
-    return this.inner.exists(key);
-  }
-  sizeOf(key: string) {
-    return this.inner.sizeOf(key);
-  }
-  delete(key: string) {
-    return this.inner.delete(key);
-  }
-  list(prefix: string) {
-    return this.inner.list(prefix);
   }
 }
 

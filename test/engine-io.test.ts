@@ -16,7 +16,8 @@ import { DIRECT_ALIGN, SlabPool } from '../src/drivers/backup/direct.js';
 import { EarlyHashes } from '../src/drivers/backup/early.js';
 import { restoreFromStore } from '../src/drivers/backup/restore.js';
 import { ObjectTarget } from '../src/drivers/backup/stores/registry.js';
-import type { ObjectStore, PutOptions } from '../src/drivers/backup/stores/store.js';
+import type { ObjectStore } from '../src/drivers/backup/stores/store.js';
+import { DelegatingStore } from './helpers/delegating-store.js';
 import { ChunkedTarget } from '../src/drivers/backup/target.js';
 import { cleanupOnExit } from './helpers/minio.js';
 
@@ -43,38 +44,16 @@ afterAll(async () => {
 });
 
 /** A store whose metadata reads are slow, as a remote store's are: the backup's early hashing then has time to run. */
-class SlowStore implements ObjectStore {
+class SlowStore extends DelegatingStore {
   constructor(
-    readonly inner: ObjectStore,
+    inner: ObjectStore,
     readonly delayMs: number,
-  ) {}
-  get location() {
-    return this.inner.location;
+  ) {
+    super(inner);
   }
-  ready() {
-    return this.inner.ready();
-  }
-  put(key: string, body: Buffer, opts?: PutOptions) {
-    return this.inner.put(key, body, opts);
-  }
-  async get(key: string) {
+  override async get(key: string) {
     if (key.startsWith('backups/')) await new Promise((r) => setTimeout(r, this.delayMs));
     return this.inner.get(key);
-  }
-  getInto<B extends ArrayBufferLike>(key: string, alloc: (n: number) => B) {
-    return this.inner.getInto(key, alloc);
-  }
-  exists(key: string) {
-    return this.inner.exists(key);
-  }
-  sizeOf(key: string) {
-    return this.inner.sizeOf(key);
-  }
-  delete(key: string) {
-    return this.inner.delete(key);
-  }
-  list(prefix: string) {
-    return this.inner.list(prefix);
   }
 }
 

@@ -18,11 +18,12 @@ import { deleteBackup, type DeleteBackupResult } from '../src/drivers/backup/pru
 import { settleDeletes } from '../src/drivers/backup/gc.js';
 import { restoreFromStore } from '../src/drivers/backup/restore.js';
 import { ObjectTarget } from '../src/drivers/backup/stores/registry.js';
-import { listAll, type ObjectStore, type PutOptions } from '../src/drivers/backup/stores/store.js';
+import { listAll, type PutOptions } from '../src/drivers/backup/stores/store.js';
 import { ChunkedTarget } from '../src/drivers/backup/target.js';
 import { verifyBackup } from '../src/drivers/backup/verify.js';
 import { cleanupOnExit, startMinio, type Minio } from './helpers/minio.js';
 import { findStoreLeaks, NO_STORE_LEAKS } from './helpers/objects.js';
+import { DelegatingStore } from './helpers/delegating-store.js';
 
 const CS = 1024 * 1024;
 const CHUNKS = 6;
@@ -50,43 +51,18 @@ afterAll(async () => {
 });
 
 /** Runs `before` (once) ahead of the first put of a key it matches. */
-class InterposingStore implements ObjectStore {
+class InterposingStore extends DelegatingStore {
   private hook: { match: (key: string) => boolean; before: () => Promise<void> } | null = null;
-  constructor(readonly inner: ObjectStore) {}
   once(match: (key: string) => boolean, before: () => Promise<void>): void {
     this.hook = { match, before };
   }
-  get location() {
-    return this.inner.location;
-  }
-  ready() {
-    return this.inner.ready();
-  }
-  async put(key: string, body: Buffer, opts?: PutOptions) {
+  override async put(key: string, body: Buffer, opts?: PutOptions) {
     const h = this.hook;
     if (h && h.match(key)) {
       this.hook = null;
       await h.before();
     }
     return this.inner.put(key, body, opts);
-  }
-  get(key: string) {
-    return this.inner.get(key);
-  }
-  getInto<B extends ArrayBufferLike>(key: string, alloc: (n: number) => B) {
-    return this.inner.getInto(key, alloc);
-  }
-  exists(key: string) {
-    return this.inner.exists(key);
-  }
-  sizeOf(key: string) {
-    return this.inner.sizeOf(key);
-  }
-  delete(key: string) {
-    return this.inner.delete(key);
-  }
-  list(prefix: string) {
-    return this.inner.list(prefix);
   }
 }
 
