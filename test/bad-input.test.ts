@@ -17,6 +17,7 @@ import { MiB } from '../src/size.js';
 import { startWorkers } from '../src/workers/worker.js';
 import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
+import { waitFor } from './helpers/wait.js';
 import { snapshotWorld as snapshotWorldOf } from './helpers/world.js';
 
 let env: TestEnv;
@@ -117,6 +118,9 @@ describe('bad input through the workflows, as other services start them', () => 
     expect((await env.rt.catalog.listBackups(vol.id)).map((b) => b.id)).toEqual([first]);
 
     const rh = await env.client.startRestore({ backupId: first, backend: 'gamma', newVolumeId: `vol-${randomBytes(4).toString('hex')}`, bpsLimit: 16 * MiB });
+    // The start returns before the restore has claimed the backup; under load the delete
+    // could otherwise come first (and win).
+    await waitFor(`backup ${first} claimed by its restore`, async () => (await env.rt.catalog.backup(first)).status === 'restoring');
     const f = await workflowFailure(WORKFLOWS.deleteBackup, wid(), { backupId: first });
     expect(f).toMatchObject({ type: 'InvalidStatus' });
     expect(f.message).toMatch(/is being restored/);
