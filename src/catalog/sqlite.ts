@@ -54,12 +54,29 @@ export class SqliteCatalog extends SqlCatalog {
     super();
     this.describe = `sqlite ${file}`;
     mkdirSync(dirname(file), { recursive: true });
-    // libsql's timeout is in milliseconds (as better-sqlite3's) and covers the journal_mode
-    // pragma below, which processes opening a new file together contend for.
+    // libsql's timeout is in milliseconds (as better-sqlite3's).
     this.db = new Database(file, { timeout: 15_000 });
-    this.db.pragma('journal_mode = WAL');
     this.db.pragma('busy_timeout = 15000');
     this.direct = runOn(this.db);
+  }
+
+  /**
+   * Processes opening a new file together: switching it to WAL (and creating the migrations
+   * table while it is not WAL yet) needs a lock another one may hold while waiting for a
+   * lock this one holds, and SQLite then answers "database is locked" at once instead of
+   * waiting (its deadlock rule). Those steps are retried for as long as the busy timeout.
+   */
+  private static async retryBusy<T>(fn: () => T): Promise<T> {
+    const deadline = Date.now() + 15_000;
+    for (let wait = 5; ; wait = Math.min(wait * 2, 200)) {
+      try {
+        return fn();
+      } catch (e) {
+        const busy = (e as { code?: string }).code?.startsWith('SQLITE_BUSY') || /database is locked/.test(String((e as Error).message));
+        if (!busy || Date.now() > deadline) throw e;
+      }
+      await new Promise((r) => setTimeout(r, wait + Math.random() * wait));
+    }
   }
 
   /**
@@ -96,7 +113,8 @@ export class SqliteCatalog extends SqlCatalog {
   }
 
   private async migrate(): Promise<void> {
-    this.db.exec(MIGRATIONS_TABLE);
+    await SqliteCatalog.retryBusy(() => this.db.pragma('journal_mode = WAL'));
+    await SqliteCatalog.retryBusy(() => this.db.exec(MIGRATIONS_TABLE));
     await this.tx(async () => {
       const applied = new Set((this.db.prepare('SELECT version FROM schema_migrations').all() as Row[]).map((r) => Number(r.version)));
       for (const m of MIGRATIONS) {
