@@ -49,11 +49,25 @@ async function dataPathSeconds(client: GbackupClient, workflowId: string): Promi
   const scheduled = new Map<string, string>();
   const spans: { type: string; start: number; end: number }[] = [];
   const started = new Map<string, number>();
+  let wftStarted = 0;
+  let wftCompleted = 0;
   const ms = (t: { seconds?: unknown; nanos?: number | null } | null | undefined) => Number(t?.seconds ?? 0) * 1000 + (t?.nanos ?? 0) / 1e6;
   for (const e of history.events ?? []) {
     const id = String(e.eventId);
     if (e.activityTaskScheduledEventAttributes) scheduled.set(id, e.activityTaskScheduledEventAttributes.activityType?.name ?? '');
     if (e.activityTaskStartedEventAttributes) started.set(String(e.activityTaskStartedEventAttributes.scheduledEventId), ms(e.eventTime));
+    // A local activity (the storage-assisted copy runs as one) is a marker written with the
+    // workflow task that ran it; its own times in the marker are not start and end (the
+    // schedule time can be after the completion), so that task's span stands for it: an
+    // upper bound, as the task ran other local steps too.
+    if (e.workflowTaskStartedEventAttributes) wftStarted = ms(e.eventTime);
+    if (e.workflowTaskCompletedEventAttributes) wftCompleted = ms(e.eventTime);
+    const marker = e.markerRecordedEventAttributes;
+    if (marker?.markerName === 'core_local_activity') {
+      const raw = marker.details?.data?.payloads?.[0]?.data;
+      const d = raw ? (JSON.parse(Buffer.from(raw).toString('utf8')) as { activity_type?: string }) : {};
+      if (d.activity_type) spans.push({ type: d.activity_type, start: wftStarted, end: wftCompleted });
+    }
     if (e.activityTaskCompletedEventAttributes) {
       const sid = String(e.activityTaskCompletedEventAttributes.scheduledEventId);
       spans.push({ type: scheduled.get(sid) ?? '', start: started.get(sid) ?? 0, end: ms(e.eventTime) });
@@ -118,7 +132,7 @@ targets:
       `btrfs: ${SIZE} bytes (${SIZE / MiB} MiB) of random data, one filesystem, same run, cold cache, wall time of the whole workflow`,
       'path       method             backup s   backup MB/s   restore s   restore MB/s   bit-exact',
       ...rows.map((r) => `${r.path.padEnd(10)} ${r.method.padEnd(18)} ${r.backup.toFixed(3).padStart(8)}   ${(SIZE / 1e6 / r.backup).toFixed(0).padStart(11)}   ${r.restore.toFixed(3).padStart(9)}   ${(SIZE / 1e6 / r.restore).toFixed(0).padStart(12)}   ${r.ok ? 'yes' : 'NO'}`),
-      `data path only (the clone activity vs attach+dd+detach activities, from the workflow history): backup ${(a.dataPathBackup * 1000).toFixed(1)} ms vs ${(g.dataPathBackup * 1000).toFixed(0)} ms = ${(g.dataPathBackup / a.dataPathBackup).toFixed(0)}x; restore ${(a.dataPathRestore * 1000).toFixed(1)} ms vs ${(g.dataPathRestore * 1000).toFixed(0)} ms = ${(g.dataPathRestore / a.dataPathRestore).toFixed(0)}x`,
+      `data path only (the clone: the workflow task running it as a local activity, an upper bound; vs attach+dd+detach activities, from the workflow history): backup ${(a.dataPathBackup * 1000).toFixed(1)} ms vs ${(g.dataPathBackup * 1000).toFixed(0)} ms = ${(g.dataPathBackup / a.dataPathBackup).toFixed(0)}x; restore ${(a.dataPathRestore * 1000).toFixed(1)} ms vs ${(g.dataPathRestore * 1000).toFixed(0)} ms = ${(g.dataPathRestore / a.dataPathRestore).toFixed(0)}x`,
       `whole workflow: backup ${(g.backup / a.backup).toFixed(1)}x faster, restore ${(g.restore / a.restore).toFixed(1)}x faster`,
       `target >= 50x: data path ${g.dataPathBackup / a.dataPathBackup >= 50 ? 'MET' : 'MISSED'}, whole workflow ${g.backup / a.backup >= 50 ? 'MET' : 'MISSED'} (a workflow's fixed cost is ~0.1-0.3 s on this dev server)`,
     ].join('\n');
