@@ -152,9 +152,10 @@ describe.each(['posix', 's3'] as const)('a delete while a backup runs (%s)', (ki
     expect(r.chunksRepaired).toBeUndefined();
     expect(await deleteBackup({ target: plain, backupId: 'bak-q' })).toMatchObject({ deleted: true, chunksDeleted: CHUNKS });
     expect(await deleteBackup({ target: plain, backupId: 'bak-q' })).toMatchObject({ deleted: false, chunksDeleted: 0 });
-    const gc = await listAll(plain.store, 'gc/');
-    expect(gc).toHaveLength(1);
-    expect(JSON.parse((await plain.store.get(gc[0]!)).toString('utf8'))).toMatchObject({ backupId: 'bak-q', finishedAt: expect.any(String) as string });
+    // The announcement and the record that it ended (a listing alone tells the state).
+    const gc = (await listAll(plain.store, 'gc/')).sort();
+    expect(gc).toEqual([expect.stringMatching(/^gc\/\d{15}-bak-q\.\d{15}\.done$/), expect.stringMatching(/^gc\/\d{15}-bak-q\.json$/)]);
+    expect(JSON.parse((await plain.store.get(gc[1]!)).toString('utf8'))).toMatchObject({ backupId: 'bak-q', aliveAt: expect.any(String) as string });
     expect(await listAll(plain.store, 'backups/')).toEqual([]);
     expect(await listAll(plain.store, 'chunks/')).toEqual([]);
   }, 60_000);
@@ -162,12 +163,15 @@ describe.each(['posix', 's3'] as const)('a delete while a backup runs (%s)', (ki
   it('a backup waits for a delete that is still announced as running, and takes one that stopped refreshing its announcement for dead, marking it', async () => {
     const { plain } = await targets(kind);
     const key = keys.gc(Date.now(), 'bak-dead');
-    await plain.store.put(key, Buffer.from(JSON.stringify({ backupId: 'bak-dead', startedAt: new Date().toISOString(), aliveAt: new Date().toISOString(), finishedAt: null })));
+    await plain.store.put(key, Buffer.from(JSON.stringify({ backupId: 'bak-dead', startedAt: new Date().toISOString(), aliveAt: new Date().toISOString() })));
     const t0 = Date.now();
     const r = await settleDeletes(plain.store, { backupId: 'bak-new', sinceMs: Date.now(), pollMs: 100, deadAfterMs: 1000 });
     expect(Date.now() - t0).toBeGreaterThanOrEqual(1000);
     expect(r.deletes).toEqual(['bak-dead']);
-    expect(JSON.parse((await plain.store.get(key)).toString('utf8'))).toMatchObject({ presumedDead: true, finishedAt: expect.any(String) as string });
+    const done = (await listAll(plain.store, 'gc/')).filter((k) => k.endsWith('.done'));
+    expect(done).toHaveLength(1);
+    expect(done[0]!.startsWith(key.replace(/\.json$/, '.'))).toBe(true);
+    expect(JSON.parse((await plain.store.get(done[0]!)).toString('utf8'))).toEqual({ presumedDead: true });
     // Marked: the next backup does not wait, but still checks what it depends on.
     const t1 = Date.now();
     expect((await settleDeletes(plain.store, { backupId: 'bak-next', sinceMs: Date.now(), pollMs: 100, deadAfterMs: 1000 })).deletes).toEqual(['bak-dead']);

@@ -161,7 +161,10 @@ describe('every activity is idempotent', () => {
     await twice(dwf, () => control.finishDeleteBackup({ backupId }));
     expect(await env.rt.catalog.findBackup(backupId)).toBeNull();
     // Only the delete's announcement (gc.ts), kept a day for backups that ran meanwhile.
-    expect(await listAll((await env.rt.objectTarget('shelf')).store, '')).toEqual([expect.stringMatching(/^gc\/\d{15}-bak-idem-obj\.json$/)]);
+    expect((await listAll((await env.rt.objectTarget('shelf')).store, '')).sort()).toEqual([
+      expect.stringMatching(/^gc\/\d{15}-bak-idem-obj\.\d{15}\.done$/),
+      expect.stringMatching(/^gc\/\d{15}-bak-idem-obj\.json$/),
+    ]);
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   });
 });

@@ -32,8 +32,7 @@ export interface GcAnnouncement {
   backupId: string;
   startedAt: string;
   /** Rewritten every few seconds while the delete runs: a backup tells a dead delete by it not changing. */
-  aliveAt?: string;
-  finishedAt: string | null;
+  aliveAt: string;
 }
 
 /** How often a running delete rewrites its announcement. */
@@ -41,19 +40,24 @@ const GC_ALIVE_EVERY_MS = 5_000;
 /** An unfinished announcement unchanged this long (by the waiting backup's own clock) is a dead delete's. */
 const GC_DEAD_AFTER_MS = 30_000;
 
-function startedMs(key: string): number | null {
-  const m = /^gc\/(\d{15})-/.exec(key);
-  return m ? Number(m[1]) : null;
+/**
+ * `gc/<startMs>-<backupId>.json` announces a delete; `gc/<startMs>-<backupId>.<endMs>.done`
+ * says it ended, so a listing alone tells finished deletes apart and only running ones are read.
+ */
+function parseGcKey(key: string): { id: string; startMs: number; backupId: string; endMs: number | null } | null {
+  const m = /^gc\/((\d{15})-([^/]+?))(?:\.json|\.(\d{15})\.done)$/.exec(key);
+  return m ? { id: m[1]!, startMs: Number(m[2]), backupId: m[3]!, endMs: m[4] !== undefined ? Number(m[4]) : null } : null;
 }
+const doneKey = (announcement: string, endMs: number) => announcement.replace(/\.json$/, `.${String(endMs).padStart(15, '0')}.done`);
 
 /**
- * Announces a delete before it scans; `finish` marks it done (also after a failure: what
- * it removed is removed). Announcements older than a day are dropped on the way.
+ * Announces a delete before it scans; `finish` records that it ended (also after a failure:
+ * what it removed is removed). Announcements older than a day are dropped on the way.
  */
 export async function announceDelete(store: ObjectStore, backupId: string): Promise<{ finish(): Promise<void> }> {
   const now = Date.now();
   const key = keys.gc(now, backupId);
-  const rec: GcAnnouncement = { backupId, startedAt: new Date(now).toISOString(), aliveAt: new Date(now).toISOString(), finishedAt: null };
+  const rec: GcAnnouncement = { backupId, startedAt: new Date(now).toISOString(), aliveAt: new Date(now).toISOString() };
   const write = (r: GcAnnouncement) => store.put(key, Buffer.from(JSON.stringify(r)));
   try {
     await write(rec);
@@ -68,24 +72,27 @@ export async function announceDelete(store: ObjectStore, backupId: string): Prom
     refresh = refresh.then(() => (finished ? undefined : write({ ...rec, aliveAt: new Date().toISOString() }).catch(() => undefined)));
   }, GC_ALIVE_EVERY_MS);
   alive.unref();
-  const old = (await listAll(store, keys.gcPrefix)).filter((k) => (startedMs(k) ?? now) < now - GC_KEEP_MS);
-  for (const k of old) await store.delete(k).catch(() => undefined);
-  return {
-    async finish() {
-      finished = true;
-      clearInterval(alive);
-      await refresh;
-      const at = new Date().toISOString();
-      // Unfinished, it would keep backups waiting until it looks dead; gone, it tells them nothing.
-      await write({ ...rec, aliveAt: at, finishedAt: at }).catch(() => store.delete(key).catch(() => undefined));
-    },
+  const finish = async () => {
+    finished = true;
+    clearInterval(alive);
+    await refresh;
+    // Without it, backups would wait for this delete until it looks dead; when even this
+    // cannot be written, the announcement goes (it then tells them nothing).
+    await store.put(doneKey(key, Date.now()), Buffer.from('')).catch(() => store.delete(key).catch(() => undefined));
   };
+  try {
+    const old = (await listAll(store, keys.gcPrefix)).filter((k) => (parseGcKey(k)?.startMs ?? now) < now - GC_KEEP_MS);
+    for (const k of old) await store.delete(k).catch(() => undefined);
+  } catch {
+    // Tidying only: the next delete tries again.
+  }
+  return { finish };
 }
 
 /**
- * Waits until every delete that may have missed a backup's references has finished (or
+ * Waits until every delete that may have missed a backup's references has ended (or
  * died); returns them (the backup must then check its chunks and chain). `sinceMs`: when
- * the backup began (its pending record), so a delete finished before then is not counted.
+ * the backup began (its pending record), so a delete that ended before then is not counted.
  */
 export async function settleDeletes(
   store: ObjectStore,
@@ -94,34 +101,41 @@ export async function settleDeletes(
   const cutoff = o.sinceMs - GC_CLOCK_SKEW_MS;
   const seen = new Set<string>();
   /** Per unfinished announcement: its last aliveAt, and when (here) that was first read. */
-  const watched = new Map<string, { aliveAt: string | undefined; since: number }>();
+  const watched = new Map<string, { aliveAt: string; since: number }>();
   for (;;) {
     const now = Date.now();
-    const open: string[] = [];
+    const announced = new Map<string, { key: string; startMs: number; backupId: string; endMs: number | null }>();
     for (const k of await listAll(store, keys.gcPrefix)) {
-      const t = startedMs(k);
-      if (t === null || t < now - GC_KEEP_MS) continue;
+      const g = parseGcKey(k);
+      if (!g || g.backupId === o.backupId) continue;
+      const a = announced.get(g.id) ?? { key: k, startMs: g.startMs, backupId: g.backupId, endMs: null };
+      if (g.endMs !== null) a.endMs = Math.max(a.endMs ?? 0, g.endMs);
+      else a.key = k;
+      announced.set(g.id, a);
+    }
+    const open: string[] = [];
+    for (const a of announced.values()) {
+      if (a.endMs !== null) {
+        if (a.startMs >= cutoff || a.endMs >= cutoff) seen.add(a.backupId);
+        continue;
+      }
       let rec: GcAnnouncement;
       try {
-        rec = JSON.parse((await store.get(k)).toString('utf8')) as GcAnnouncement;
+        rec = JSON.parse((await store.get(a.key)).toString('utf8')) as GcAnnouncement;
       } catch {
-        continue; // dropped meanwhile
+        continue; // ended and tidied meanwhile
       }
-      if (rec.backupId === o.backupId) continue;
-      if (rec.finishedAt === null) {
-        seen.add(rec.backupId);
-        const w = watched.get(k);
-        if (!w || w.aliveAt !== rec.aliveAt) watched.set(k, { aliveAt: rec.aliveAt, since: now });
-        else if (now - w.since >= (o.deadAfterMs ?? GC_DEAD_AFTER_MS)) {
-          // Died (its worker was lost): it removes nothing more. Marked, so the next backup
-          // does not wait for it again; were it only slow, its next refresh unmarks it.
-          await store.put(k, Buffer.from(JSON.stringify({ ...rec, finishedAt: new Date(now).toISOString(), presumedDead: true }))).catch(() => undefined);
-          continue;
-        }
-        open.push(k);
-      } else if (t >= cutoff || Date.parse(rec.finishedAt) >= cutoff) {
-        seen.add(rec.backupId);
+      seen.add(a.backupId);
+      const w = watched.get(a.key);
+      if (!w || w.aliveAt !== rec.aliveAt) {
+        watched.set(a.key, { aliveAt: rec.aliveAt, since: now });
+      } else if (now - w.since >= (o.deadAfterMs ?? GC_DEAD_AFTER_MS)) {
+        // Died (its worker was lost): it removes nothing more. Recorded as ended, so the
+        // next backup does not wait for it again.
+        await store.put(doneKey(a.key, now), Buffer.from(JSON.stringify({ presumedDead: true }))).catch(() => undefined);
+        continue;
       }
+      open.push(a.key);
     }
     if (open.length === 0) return { deletes: [...seen] };
     if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('aborted');
