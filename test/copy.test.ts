@@ -8,13 +8,11 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { copyWorkflowId, type BackupResult, type BackupView, type CopyBackupResult, type RestoreResult } from '../src/api.js';
-import { WorkflowError } from '../src/client/client.js';
 import { main } from '../src/cli/main.js';
-import { MiB } from '../src/size.js';
-import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
+import { makeEnv, volumeWithData, type TestEnv, scribble } from './helpers/env.js';
+import { failsWith } from './helpers/failures.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { startMinio, type Minio } from './helpers/minio.js';
 import { findStoreLeaks, NO_STORE_LEAKS } from './helpers/objects.js';
@@ -83,28 +81,6 @@ async function deleteBackup(backupId: string): Promise<void> {
   await env.client.result(await env.client.startDelete({ backupId }));
 }
 
-/** Expects the promise to fail with a workflow or gbackup error of `type` whose message matches. */
-async function failsWith(p: Promise<unknown>, type: string, message: RegExp): Promise<void> {
-  const err = await p.then(
-    () => null,
-    (e: unknown) => e as Error,
-  );
-  expect(err, `expected ${type}`).not.toBeNull();
-  const t = err instanceof WorkflowError ? err.type : err!.name;
-  expect(`${t}: ${err!.message}`).toMatch(new RegExp(`^${type}: `));
-  expect(err!.message).toMatch(message);
-}
-
-async function scribble(volumeId: string, atMiB: number, len: number): Promise<void> {
-  const v = await env.rt.catalog.volume(volumeId);
-  const fh = await open(env.rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }).path, 'r+');
-  try {
-    await fh.write(randomBytes(len), 0, len, atMiB * MiB);
-  } finally {
-    await fh.close();
-  }
-}
-
 async function noLeaks(): Promise<void> {
   expect(await findLeaks(env)).toEqual(NO_LEAKS);
   expect(await findStoreLeaks((await env.rt.objectTarget('shelf')).store)).toEqual(NO_STORE_LEAKS);
@@ -130,7 +106,7 @@ describe('copying a backup to another target', () => {
     expect(await restore(c1.backup.id)).toBe(sum1);
 
     // One chunk changes; the incremental's copy builds on the first copy in s3.
-    await scribble(src.id, 12, 4096);
+    await scribble(env, src.id, 12, 4096);
     const sum2 = await env.volumes.sha256(src.id);
     const b2 = await backup(src.id, 'shelf', true);
     expect(b2.parentId).toBe(b1.id);

@@ -10,7 +10,6 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { open } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -26,7 +25,7 @@ import { retainUntilFor } from '../src/drivers/backup/stores/store.js';
 import { refuseWhileRetained } from '../src/drivers/backup/lock.js';
 import { S3Target } from '../src/drivers/backup/stores/s3/config.js';
 import { MiB } from '../src/size.js';
-import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
+import { makeEnv, volumeWithData, type TestEnv, scribble } from './helpers/env.js';
 import { startMinio, type Minio } from './helpers/minio.js';
 
 let minio: Minio;
@@ -79,16 +78,6 @@ async function backup(volumeId: string, incremental = false): Promise<BackupView
   return (await env.client.result<BackupResult>(h)).backup;
 }
 
-async function scribble(volumeId: string, atMiB: number, len: number): Promise<void> {
-  const v = await env.rt.catalog.volume(volumeId);
-  const fh = await open(env.rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }).path, 'r+');
-  try {
-    await fh.write(randomBytes(len), 0, len, atMiB * MiB);
-  } finally {
-    await fh.close();
-  }
-}
-
 async function retention(key: string): Promise<{ mode: string | undefined; until: number }> {
   const r = await minio.client.send(new GetObjectRetentionCommand({ Bucket: 'locked', Key: `${PREFIX}/${key}` }));
   return { mode: r.Retention?.Mode, until: new Date(r.Retention!.RetainUntilDate!).getTime() };
@@ -132,7 +121,7 @@ describe('S3 Object Lock', () => {
 
     // A later incremental: only the chunk at 8 MiB changes.
     await new Promise((r) => setTimeout(r, 1100));
-    await scribble(src.id, 9, 8192);
+    await scribble(env, src.id, 9, 8192);
     const sumInc = await env.volumes.sha256(src.id);
     const inc = await backup(src.id, true);
     expect(inc.parentId).toBe(full.id);

@@ -11,9 +11,9 @@ import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { BackupResult, BackupView, RestoreResult, VerifyResult } from '../src/api.js';
-import { WorkflowError } from '../src/client/client.js';
 import { MiB } from '../src/size.js';
-import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
+import { makeEnv, volumeWithData, type TestEnv, scribble } from './helpers/env.js';
+import { failsWith } from './helpers/failures.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { startMinio, type Minio } from './helpers/minio.js';
 import { findStoreLeaks, NO_STORE_LEAKS } from './helpers/objects.js';
@@ -109,30 +109,6 @@ async function backup(e: TestEnv, volumeId: string, target: string, incremental 
 async function restore(e: TestEnv, input: { backupId: string; backend?: string; pool?: string; volumeId?: string }) {
   const h = await e.client.startRestore({ ...input, ...(input.volumeId ? {} : { newVolumeId: newId('vol') }) });
   return (await e.client.result<RestoreResult>(h)).volume;
-}
-
-/** Expects the promise to fail with a workflow or gbackup error of `type` whose message matches. */
-async function failsWith(p: Promise<unknown>, type: string, message: RegExp): Promise<Error> {
-  const err = await p.then(
-    () => null,
-    (e: unknown) => e as Error,
-  );
-  expect(err, `expected ${type}`).not.toBeNull();
-  const t = err instanceof WorkflowError ? err.type : err!.name;
-  expect(`${t}: ${err!.message}`).toMatch(new RegExp(`^${type}: `));
-  expect(err!.message).toMatch(message);
-  return err!;
-}
-
-/** Overwrites `len` random bytes at `at` MiB of a volume's image. */
-async function scribble(e: TestEnv, volumeId: string, atMiB: number, len: number): Promise<void> {
-  const v = await e.rt.catalog.volume(volumeId);
-  const fh = await open(e.rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }).path, 'r+');
-  try {
-    await fh.write(randomBytes(len), 0, len, atMiB * MiB);
-  } finally {
-    await fh.close();
-  }
 }
 
 describe('object targets through Temporal', () => {

@@ -8,13 +8,11 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BackupView, PolicyRunResult, PruneResult, RestoreResult, VerifyResult } from '../src/api.js';
 import type { PolicyInfo } from '../src/client/policies.js';
 import { InvalidInput } from '../src/errors.js';
-import { MiB } from '../src/size.js';
-import { makeEnv, volumeWithData, type TestEnv } from './helpers/env.js';
+import { makeEnv, volumeWithData, type TestEnv, scribble } from './helpers/env.js';
 import { findLeaks, NO_LEAKS } from './helpers/leaks.js';
 import { findStoreLeaks, NO_STORE_LEAKS } from './helpers/objects.js';
 import { waitFor } from './helpers/wait.js';
@@ -54,16 +52,6 @@ const SLOT0 = Date.parse('2026-01-05T02:00:00.000Z');
 const slot = (i: number) => new Date(SLOT0 + i * DAY);
 const RULES = { last: 3, daily: 7, weekly: 4, monthly: 3 };
 const FULL_EVERY = 4;
-
-async function scribble(volumeId: string, atMiB: number): Promise<void> {
-  const v = await env.rt.catalog.volume(volumeId);
-  const fh = await open(env.rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }).path, 'r+');
-  try {
-    await fh.write(randomBytes(64 * 1024), 0, 64 * 1024, atMiB * MiB);
-  } finally {
-    await fh.close();
-  }
-}
 
 /**
  * The GFS set by the rules, computed here independently of src/policy/retention.ts: slot
@@ -110,7 +98,7 @@ describe('backup policies on a Temporal Schedule', () => {
     const N = 30;
     const handle = env.client.client.schedule.getHandle(`policy-${name}`);
     for (let i = 0; i < N; i++) {
-      if (i > 0) await scribble(vol.id, (i * 5) % 32);
+      if (i > 0) await scribble(env, vol.id, (i * 5) % 32);
       const sum = await env.volumes.sha256(vol.id);
       await env.client.policies.backfill(name, new Date(slot(i).getTime() - 60_000), new Date(slot(i).getTime() + 60_000));
       const d = await waitFor(`run ${i} of policy ${name}`, async () => {
@@ -238,7 +226,7 @@ describe('backup policies on a Temporal Schedule', () => {
     const sums: string[] = [];
     const runs: PolicyRunResult[] = [];
     for (let i = 0; i < 2; i++) {
-      if (i > 0) await scribble(vol.id, 3);
+      if (i > 0) await scribble(env, vol.id, 3);
       sums.push(await env.volumes.sha256(vol.id));
       const r = await cli<PolicyRunResult>('policy', 'run-now', name, '--wait');
       expect(r.code, r.err).toBe(0);

@@ -130,6 +130,17 @@ export async function volumeWithData(env: TestEnv, backend: string, pool: string
   return v;
 }
 
+/** Overwrites `len` bytes of a volume's image at `atMiB` with random data (a change for the next backup). */
+export async function scribble(env: TestEnv, volumeId: string, atMiB: number, len = 64 * 1024): Promise<void> {
+  const v = await env.rt.catalog.volume(volumeId);
+  const fh = await open(env.rt.driver(v.backend).initializeConnection({ pool: v.pool, name: v.id }).path, 'r+');
+  try {
+    await fh.write(randomBytes(len), 0, len, atMiB * MiB);
+  } finally {
+    await fh.close();
+  }
+}
+
 /**
  * Marks a volume in use by an instance and attaches it here, in-process, for tests that run
  * activities without workers (the product does this through the attachVolume workflow).
