@@ -135,12 +135,11 @@ async function create(argv: string[], out: Out): Promise<void> {
   if (r.positionals.length !== 1) throw new UsageError(r.positionals.length === 0 ? 'missing policy NAME' : `unexpected argument '${r.positionals[1]}'`);
   const name = checkName(r.positionals[0]!, 'policy name', 'id');
   if ((v.volume === undefined) === (v.selector === undefined)) throw new UsageError('give --volume ID (repeatable) or --selector backend=B,pool=P,name=PREFIX');
-  const keep = {
-    ...(count(v['keep-last'], 'keep-last') !== undefined ? { last: count(v['keep-last'], 'keep-last') } : {}),
-    ...(count(v['keep-daily'], 'keep-daily') !== undefined ? { daily: count(v['keep-daily'], 'keep-daily') } : {}),
-    ...(count(v['keep-weekly'], 'keep-weekly') !== undefined ? { weekly: count(v['keep-weekly'], 'keep-weekly') } : {}),
-    ...(count(v['keep-monthly'], 'keep-monthly') !== undefined ? { monthly: count(v['keep-monthly'], 'keep-monthly') } : {}),
-  };
+  const keep: Partial<KeepRules> = {};
+  for (const rule of ['last', 'daily', 'weekly', 'monthly'] as const) {
+    const n = count(v[`keep-${rule}`], `keep-${rule}`);
+    if (n !== undefined) keep[rule] = n;
+  }
   if (v['copy-keep'] !== undefined && v['copy-to'] === undefined) throw new UsageError('--copy-keep needs --copy-to T');
   const fullEvery = count(v['full-every'], 'full-every');
   const parallel = count(v.parallel, 'parallel');

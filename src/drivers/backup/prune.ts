@@ -62,8 +62,7 @@ async function deleteScanned(opts: Parameters<typeof deleteBackup>[0]): Promise<
       `backup '${backupId}' cannot be deleted: ${dependents.length === 1 ? 'backup' : 'backups'} ${dependents.map((d) => `'${d}'`).join(', ')} ${dependents.length === 1 ? 'is an incremental' : 'are incrementals'} on top of it; delete ${dependents.length === 1 ? 'it' : 'them'} first`,
     );
   }
-  // Before the marker: a locked backup stays exactly as it was.
-  if (me.metadata) await refuseWhileRetained(store, target.name, backupId);
+  // (A locked backup was refused before the announcement: it stays exactly as it was.)
   const space = me.metadata?.chunkSpace ?? me.pending?.chunkSpace;
   if (me.metadata && !me.deleting) await store.put(keys.deleting(backupId), Buffer.from(JSON.stringify({ backupId, at: new Date().toISOString() })));
 
