@@ -270,4 +270,23 @@ describe('backup policies on a Temporal Schedule', () => {
     expect((await env.client.listBackups(vol.id)).filter((b) => b.policy === name)).toHaveLength(3);
     expect(await findLeaks(env)).toEqual(NO_LEAKS);
   }, 300_000);
+
+  it('a --selector policy backs up exactly the volumes matching it when the run starts', async () => {
+    const tag = randomBytes(3).toString('hex');
+    const match = [];
+    for (const n of ['one', 'two']) match.push(await env.volumes.create({ backend: 'alpha', size: 8 * 1024 * 1024, name: `sel${tag}-${n}` }));
+    const other = await env.volumes.create({ backend: 'alpha', size: 8 * 1024 * 1024, name: `other${tag}` });
+    const name = `sel-${tag}`;
+    // Every 30 days: only run-now runs it here.
+    await env.client.policies.create({ name, selector: { backend: 'alpha', namePrefix: `sel${tag}-` }, schedule: { every: ['720h'] }, keep: { last: 1 } });
+    // Made after the policy: a selector is evaluated at each run.
+    match.push(await env.volumes.create({ backend: 'alpha', size: 8 * 1024 * 1024, name: `sel${tag}-three` }));
+    const r = await env.client.policies.runNow(name);
+    expect(r.workflowId).not.toBeNull();
+    const run = (await env.client.client.workflow.getHandle(r.workflowId!).result()) as PolicyRunResult;
+    expect(run.failed).toEqual([]);
+    expect(run.backups.map((b) => b.volumeId).sort()).toEqual(match.map((v) => v.id).sort());
+    expect((await env.client.listBackups(other.id)).filter((b) => b.policy === name)).toEqual([]);
+    await env.client.policies.delete(name);
+  }, 120_000);
 });
