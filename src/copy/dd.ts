@@ -12,7 +12,7 @@
  *   offset below which everything is copied, which is what a resume needs.
  */
 import { readdir, readFile } from 'node:fs/promises';
-import { execa } from 'execa';
+import { launch } from '../node/launcher.js';
 import type { Extent } from './extents.js';
 import type { Throttle } from './throttle.js';
 import { GbackupError } from '../errors.js';
@@ -72,13 +72,13 @@ async function ddRange(req: CopyRequest, from: number, to: number, report: (copi
     `count=${to - from}`,
     'status=progress',
   ];
-  const child = execa('dd', args, { cancelSignal: req.signal, reject: false, stdin: 'ignore', buffer: { stderr: true, stdout: false } });
-  child.stderr?.setEncoding('utf8');
-  child.stderr?.on('data', (chunk: string) => {
-    const n = ddBytes(chunk);
-    if (n !== null) report(Math.min(n, to - from));
+  const r = await launch('dd', args, {
+    ...(req.signal ? { signal: req.signal } : {}),
+    onStderr: (chunk) => {
+      const n = ddBytes(chunk);
+      if (n !== null) report(Math.min(n, to - from));
+    },
   });
-  const r = await child;
   if (req.signal?.aborted) throw req.signal.reason instanceof Error ? req.signal.reason : new CopyFailed('copy cancelled');
   if (r.exitCode !== 0) {
     const lines = String(r.stderr ?? '').split(/[\r\n]/).filter((l) => l.trim() !== '');
@@ -86,7 +86,7 @@ async function ddRange(req: CopyRequest, from: number, to: number, report: (copi
     const complaints = lines.filter((l) => l.startsWith('dd:'));
     const tail = (complaints.length > 0 ? complaints : lines.filter((l) => !/bytes.*copied|records (in|out)/.test(l))).slice(-3).join('; ');
     const code = lines.some((l) => /No space left on device/i.test(l)) ? 'ENOSPC' : undefined;
-    throw new CopyFailed(`dd failed at bytes ${from}-${to} (exit ${r.exitCode ?? r.signal}): ${tail || 'no message'}`, code);
+    throw new CopyFailed(`dd failed at bytes ${from}-${to} (exit ${r.exitCode ?? r.signal ?? 'unknown'}): ${tail || 'no message'}`, code);
   }
   report(to - from);
 }

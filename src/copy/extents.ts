@@ -3,7 +3,7 @@
  * much as reading data, so the copy asks the filesystem (SEEK_DATA/SEEK_HOLE through
  * xfs_io, which works on ext4, xfs and btrfs alike) and moves only the data extents.
  */
-import { execa } from 'execa';
+import { launchChecked } from '../node/launcher.js';
 
 export interface Extent {
   start: number;
@@ -44,7 +44,7 @@ export function parseSeekTable(text: string, size: number): Extent[] {
 /** A file's data extents as the filesystem reports them (unmerged), or null when it cannot tell. */
 export async function rawDataExtents(file: string, size: number): Promise<Extent[] | null> {
   try {
-    const { stdout } = await execa('xfs_io', ['-r', '-c', 'seek -a -r 0', '--', file]);
+    const { stdout } = await launchChecked('xfs_io', ['-r', '-c', 'seek -a -r 0', '--', file]);
     return parseSeekTable(stdout, size);
   } catch {
     return null;

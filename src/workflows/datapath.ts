@@ -8,7 +8,8 @@ import type { Loc } from '../activities/plans.js';
 import type { CopyResult } from '../activities/node.js';
 import type { Activities } from './activities.js';
 import type { Tracker } from './common.js';
-import { onSomeNode } from './nodes.js';
+import { onSomeNode, settleAll } from './nodes.js';
+import type { Saga } from './saga.js';
 
 export interface DataPathRequest {
   source: Loc;
@@ -26,12 +27,21 @@ export interface DataPathRequest {
 
 export async function runDataPath(req: DataPathRequest): Promise<CopyResult> {
   const { control, compensation } = req.acts;
-  return onSomeNode({ backends: [req.source.backend, req.dest.backend], key: req.key, tracker: req.tracker, acts: req.acts }, async (acts, held) => {
-    req.tracker.phase('attaching');
+  const connect = async (held: Saga, together: boolean) => {
+    if (together) {
+      held.add('terminate connections', () =>
+        settleAll([compensation.terminateConnection({ loc: req.source }), compensation.terminateConnection({ loc: req.dest })]),
+      );
+      const [src, dst] = await settleAll([control.initializeConnection({ loc: req.source, readOnly: true }), control.initializeConnection({ loc: req.dest, readOnly: false })]);
+      return { src, dst };
+    }
     const src = await control.initializeConnection({ loc: req.source, readOnly: true });
     held.add('terminate source connection', () => compensation.terminateConnection({ loc: req.source }));
     const dst = await control.initializeConnection({ loc: req.dest, readOnly: false });
     held.add('terminate destination connection', () => compensation.terminateConnection({ loc: req.dest }));
+    return { src, dst };
+  };
+  return onSomeNode({ backends: [req.source.backend, req.dest.backend], key: req.key, tracker: req.tracker, acts: req.acts, connect }, async (acts, held, { src, dst }) => {
     // One node step (local mode): the copy attaches both volumes, copies and detaches them,
     // so the node is asked once instead of five times. The undos stay on the stack, for a
     // copy that fails, is cancelled or loses its node; they are skipped once it says it detached.

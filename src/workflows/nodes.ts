@@ -5,33 +5,65 @@
  * is released (its undo steps, run from `held`) and the body runs again elsewhere,
  * resuming from its heartbeats.
  */
-import { log, workflowInfo } from '@temporalio/workflow';
+import { log, patched, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from './activities.js';
 import { Saga } from './saga.js';
 import { isNodeLost, type Tracker } from './common.js';
 
 export type NodeActs = ReturnType<Activities['node']>;
 
-export async function onSomeNode<R>(
-  req: { backends: string[]; key: string; tracker: Tracker; acts: Activities },
-  body: (acts: NodeActs, held: Saga, node: string) => Promise<R>,
+/** Runs every step to its end (no step is left in flight), then fails with the first failure, if any. */
+export async function settleAll<T extends readonly unknown[]>(steps: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
+  const results = await Promise.allSettled(steps);
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return results.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
+}
+
+export async function onSomeNode<R, C>(
+  req: {
+    backends: string[];
+    key: string;
+    tracker: Tracker;
+    acts: Activities;
+    /**
+     * The backend side of the attach (initializeConnection), pushing its undo onto `held`
+     * first. `together`: its steps may run at once (they are independent).
+     */
+    connect: (held: Saga, together: boolean) => Promise<C>;
+  },
+  body: (acts: NodeActs, held: Saga, connections: C) => Promise<R>,
 ): Promise<R> {
   const lost: string[] = [];
   const taskQueue = workflowInfo().taskQueue;
+  // Choosing the node and opening the connections do not depend on each other: asked at
+  // once, they cost the workflow one task instead of three. Versioned: histories from
+  // before asked for the node first, then for each connection in turn.
+  const together = req.acts.mode === 'local' && patched('connect-while-choosing-node');
   for (;;) {
-    const node = await req.acts.control.chooseNode({ backends: [...new Set(req.backends)], exclude: lost, key: req.key });
-    req.tracker.state.node = node;
-    const acts = req.acts.node(taskQueue, node);
     const held = new Saga();
+    const choose = () => req.acts.control.chooseNode({ backends: [...new Set(req.backends)], exclude: lost, key: req.key });
+    let node: string | null = null;
     try {
-      const result = await body(acts, held, node);
+      let connections: C;
+      if (together) {
+        req.tracker.phase('attaching');
+        [node, connections] = await settleAll<[string, C]>([choose(), req.connect(held, true)]);
+        req.tracker.state.node = node;
+      } else {
+        node = await choose();
+        req.tracker.state.node = node;
+        req.tracker.phase('attaching');
+        connections = await req.connect(held, false);
+      }
+      const result = await body(req.acts.node(taskQueue, node), held, connections);
       req.tracker.phase('detaching');
       const failed = await held.unwind();
       if (failed.length > 0) log.warn('detach did not finish; the node reconciles it at its next start', { node, failed });
       return result;
     } catch (err) {
       await held.unwind();
-      if (isNodeLost(err)) {
+      if (node !== null && isNodeLost(err)) {
         log.warn('node lost; moving the copy to another node', { node });
         lost.push(node);
         continue;

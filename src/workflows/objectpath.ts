@@ -9,6 +9,7 @@ import type { ConnectionInfo } from '../drivers/volume/driver.js';
 import type { Activities } from './activities.js';
 import type { Tracker } from './common.js';
 import { onSomeNode, type NodeActs } from './nodes.js';
+import type { Saga } from './saga.js';
 
 export interface AttachedRequest<R> {
   volume: Loc;
@@ -28,10 +29,15 @@ export interface AttachedRequest<R> {
 
 export async function runOnAttached<R>(req: AttachedRequest<R>): Promise<R> {
   const { control, compensation } = req.acts;
-  return onSomeNode({ backends: [req.volume.backend], key: req.key, tracker: req.tracker, acts: req.acts }, async (acts, held) => {
-    req.tracker.phase('attaching');
+  const connect = async (held: Saga, together: boolean) => {
+    const undo = () => compensation.terminateConnection({ loc: req.volume });
+    // Asked at once with the node (together), the undo must be there before the step.
+    if (together) held.add('terminate connection', undo);
     const conn = await control.initializeConnection({ loc: req.volume, readOnly: req.readOnly });
-    held.add('terminate connection', () => compensation.terminateConnection({ loc: req.volume }));
+    if (!together) held.add('terminate connection', undo);
+    return conn;
+  };
+  return onSomeNode({ backends: [req.volume.backend], key: req.key, tracker: req.tracker, acts: req.acts, connect }, async (acts, held, conn) => {
     // Local mode: one node step attaches, moves the chunks and detaches (see datapath.ts).
     const oneStep = req.acts.mode === 'local';
     let detached = false;
