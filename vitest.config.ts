@@ -23,14 +23,5 @@ export default defineConfig({
     hookTimeout: 120_000,
     reporters: ['default'],
     sequence: { sequencer: ReplayLast },
-    // Only this one: @temporalio/client's gRPC retry timer, set while a Temporal server
-    // restart test had the server down, fires after the test closed that connection and
-    // throws from the timer. The tests' own assertions have passed by then; anything else
-    // unhandled still fails the run.
-    onUnhandledError(error) {
-      const where = `${error.stack ?? ''} ${JSON.stringify((error as { stacks?: unknown }).stacks ?? [])}`;
-      if (error.message === 'Channel has been shut down' && where.includes('grpc-retry')) return false;
-      return undefined;
-    },
   },
 });

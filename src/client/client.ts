@@ -3,6 +3,7 @@
  * uses, and a worked example for other services (they need only api.ts's names and
  * shapes; nothing here is required).
  */
+import { closableRetries, type ClosableRetries } from '../temporal/retries.js';
 import { randomBytes } from 'node:crypto';
 import { Client, Connection, ScheduleAlreadyRunning, ScheduleNotFoundError, ScheduleOverlapPolicy, WorkflowExecutionAlreadyStartedError, WorkflowFailedError, type WorkflowExecutionDescription, type WorkflowHandle } from '@temporalio/client';
 import { Policies } from './policies.js';
@@ -82,6 +83,7 @@ export class GbackupClient {
     private readonly connection: Connection,
     readonly taskQueue: string,
     private readonly server: { address: string; namespace: string },
+    private readonly retries: ClosableRetries,
   ) {}
 
   /**
@@ -101,13 +103,16 @@ export class GbackupClient {
     const t = temporalConnection(config.temporal, env);
     // gRPC hides why a TLS handshake failed ("failed to connect before the deadline"): say where to look.
     const hint = t.options.tls === false ? "is 'gbackup dev' or a Temporal server running?" : 'is the server up, and do temporal.tls / TEMPORAL_TLS_* (CA, server name, client certificate) match it?';
-    const connection = await Connection.connect({ ...t.options, connectTimeout: '5s' }).catch((e: Error) => {
+    const retries = closableRetries();
+    const connection = await Connection.connect({ ...t.options, connectTimeout: '5s', interceptors: retries.interceptors }).catch((e: Error) => {
       throw new GbackupError(`cannot reach Temporal at ${t.describe}: ${e.message} (${hint})`);
     });
-    return new GbackupClient(new Client({ connection, namespace: t.namespace }), connection, config.temporal.taskQueue, { address: t.address, namespace: t.namespace });
+    return new GbackupClient(new Client({ connection, namespace: t.namespace }), connection, config.temporal.taskQueue, { address: t.address, namespace: t.namespace }, retries);
   }
 
   async close(): Promise<void> {
+    // A call still being retried (the server was away) ends with CANCELLED, not with an uncaught throw (retries.ts).
+    this.retries.close();
     await this.connection.close();
   }
 

@@ -4,6 +4,7 @@
  * - the node worker polls `<taskQueue>-node-<node>`: attach, copy, detach on this host.
  * A node worker reconciles its attachment ledger before it polls.
  */
+import { closableRetries } from '../temporal/retries.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -82,7 +83,9 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
   runtime.node(node);
 
   const connection = await NativeConnection.connect(temporal.options);
-  const clientConnection = await Connection.connect(temporal.options);
+  // The worker's own client calls (signals, queries, search attributes) retry safely across its shutdown (retries.ts).
+  const grpcRetries = closableRetries();
+  const clientConnection = await Connection.connect({ ...temporal.options, interceptors: grpcRetries.interceptors });
   const client = new Client({ connection: clientConnection, namespace: temporal.namespace });
   const workers: Worker[] = [];
   // Progress signals and limit queries are best effort: a short deadline stops gRPC from
@@ -211,6 +214,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
     clearInterval(reconcileTimer);
     clearInterval(sweepTimer);
     await connection.close();
+    grpcRetries.close();
     await clientConnection.close();
     throw e;
   }
@@ -240,6 +244,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
     ledger?.close();
     await runtime.close();
     await connection.close();
+    grpcRetries.close();
     await clientConnection.close();
   });
   return {

@@ -15,7 +15,7 @@
  * - the copy waits for its own cancellation to finish, so dd has stopped before the
  *   compensations detach its devices.
  */
-import { ActivityCancellationType, proxyActivities, proxyLocalActivities, type ActivityOptions, type LocalActivityOptions } from '@temporalio/workflow';
+import { ActivityCancellationType, patched, proxyActivities, proxyLocalActivities, type ActivityOptions, type LocalActivityOptions } from '@temporalio/workflow';
 import type { ControlActivities as CoreControlActivities } from '../activities/control.js';
 import type { ManageActivities } from '../activities/manage.js';
 import type { NodeActivities } from '../activities/node.js';
@@ -47,7 +47,24 @@ export const DEFAULT_TIMEOUTS: Timeouts = { scheduleToStartMs: 60_000, heartbeat
  */
 export type ControlMode = 'local' | 'remote';
 
-export function activities(t: Timeouts = DEFAULT_TIMEOUTS, mode: ControlMode = 'remote') {
+/**
+ * Later versions of the steps, each behind its own patch. They are decided in a workflow's
+ * first activation, before any step: a `patched` call made right after a local activity
+ * can fall into a different workflow task on replay than it did when it ran (the local
+ * activity's result is replayed from its marker at once), and then no longer matches its
+ * marker. Histories from before any of these carry no marker, and replay on the old path.
+ */
+export interface StepVersions {
+  /** nodes.ts: the node is chosen while the connections are opened, in one workflow task. */
+  connectTogether: boolean;
+}
+
+/** Call first thing in a workflow (see StepVersions). */
+export function stepVersions(mode: ControlMode): StepVersions {
+  return { connectTogether: mode === 'local' && patched('connect-while-choosing-node') };
+}
+
+export function activities(t: Timeouts = DEFAULT_TIMEOUTS, mode: ControlMode = 'remote', versions: StepVersions = { connectTogether: false }) {
   const control: ActivityOptions = {
     startToCloseTimeout: '2 hours',
     heartbeatTimeout: t.heartbeatMs,
@@ -73,6 +90,7 @@ export function activities(t: Timeouts = DEFAULT_TIMEOUTS, mode: ControlMode = '
     /** Undo steps retry without limit (no maximumAttempts): giving up would leak. */
     compensation: mode === 'local' ? proxyLocalActivities<ControlActivities>({ ...local, retry }) : proxyActivities<ControlActivities>({ ...control, retry }),
     mode,
+    versions: { connectTogether: mode === 'local' && versions.connectTogether },
     /**
      * Commit points (finalize) always run as activities, also in local mode. A local
      * activity's result can be lost with its workflow task (a cancel arriving at that

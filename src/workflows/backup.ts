@@ -12,7 +12,7 @@
  */
 import { CancellationScope, log, patched, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
 import { BackupVolumeInput, SEARCH_ATTRIBUTES, type BackupResult } from '../api.js';
-import { activities, compensation as defaultCompensation, control, localCompensation, localControl } from './activities.js';
+import { activities, compensation as defaultCompensation, control, localCompensation, localControl, stepVersions } from './activities.js';
 import { failureReason, parseInput, Tracker } from './common.js';
 import { backupTargetFor } from './targets/index.js';
 import { Saga } from './saga.js';
@@ -24,6 +24,7 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
   // Control steps as local activities and one node activity per data path (see
   // activities.ts); histories from before run their steps as they did then.
   const mode = patched('local-control-steps') ? 'local' : 'remote';
+  const versions = stepVersions(mode);
   const identity = [
     { key: SEARCH_ATTRIBUTES.backupId, value: backupId },
     { key: SEARCH_ATTRIBUTES.volumeId, value: input.volumeId },
@@ -56,7 +57,7 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
       // Only in the activity's input (no new command): replay-safe for recorded histories.
       ...(input.groupId !== undefined ? { groupId: input.groupId } : {}),
     });
-    const acts = activities(plan.timeouts, mode);
+    const acts = activities(plan.timeouts, mode, versions);
     const { control: ctl, compensation } = acts;
     if (!undoBegin) saga.add('fail backup', () => compensation.failBackup({ backupId, reason }));
     if (plan.tempSnapshot) {

@@ -15,7 +15,7 @@
  */
 import { ApplicationFailure, uuid4 } from '@temporalio/workflow';
 import { CopyBackupInput, type CopyBackupResult } from '../api.js';
-import { activities, localControl } from './activities.js';
+import { activities, localControl, stepVersions } from './activities.js';
 import { failureReason, parseInput, Tracker } from './common.js';
 import { runDataPath } from './datapath.js';
 import { runOnAttached } from './objectpath.js';
@@ -23,13 +23,14 @@ import { Saga } from './saga.js';
 
 export async function copyBackup(raw: CopyBackupInput): Promise<CopyBackupResult> {
   const input = parseInput(CopyBackupInput, raw);
+  const versions = stepVersions('local');
   const copyId = input.copyId ?? `bak-${uuid4().replace(/-/g, '').slice(0, 12)}`;
   const tracker = new Tracker({ backupId: copyId }, null);
   const saga = new Saga();
   try {
     tracker.phase('validating');
     const plan = await localControl.beginCopy({ backupId: input.backupId, target: input.target, copyId, ...(input.name !== undefined ? { name: input.name } : {}), ...(input.policy !== undefined ? { policy: input.policy } : {}) });
-    const acts = activities(plan.timeouts, 'local');
+    const acts = activities(plan.timeouts, 'local', versions);
     const { control: ctl, compensation } = acts;
     saga.add('fail copy', () => compensation.failCopy({ copyId, backupId: plan.sourceId }));
     tracker.state.volumeId = plan.volumeId;

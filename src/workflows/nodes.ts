@@ -5,7 +5,7 @@
  * is released (its undo steps, run from `held`) and the body runs again elsewhere,
  * resuming from its heartbeats.
  */
-import { log, patched, workflowInfo } from '@temporalio/workflow';
+import { log, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from './activities.js';
 import { Saga } from './saga.js';
 import { isNodeLost, type Tracker } from './common.js';
@@ -37,9 +37,9 @@ export async function onSomeNode<R, C>(
   const lost: string[] = [];
   const taskQueue = workflowInfo().taskQueue;
   // Choosing the node and opening the connections do not depend on each other: asked at
-  // once, they cost the workflow one task instead of three. Versioned: histories from
-  // before asked for the node first, then for each connection in turn.
-  const together = req.acts.mode === 'local' && patched('connect-while-choosing-node');
+  // once, they cost the workflow one task instead of three. Versioned (StepVersions):
+  // histories from before asked for the node first, then for each connection in turn.
+  const together = req.acts.versions.connectTogether;
   for (;;) {
     const held = new Saga();
     const choose = () => req.acts.control.chooseNode({ backends: [...new Set(req.backends)], exclude: lost, key: req.key });

@@ -5,7 +5,7 @@
  */
 import { patched, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
 import { RestoreBackupInput, SEARCH_ATTRIBUTES, type RestoreResult } from '../api.js';
-import { activities, control, localControl } from './activities.js';
+import { activities, control, localControl, stepVersions } from './activities.js';
 import { failureReason, isDamagedBackup, parseInput, Tracker } from './common.js';
 import { backupTargetFor } from './targets/index.js';
 import { Saga } from './saga.js';
@@ -16,6 +16,7 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
   const tracker = new Tracker({ backupId: input.backupId, volumeId: input.volumeId ?? newVolumeId }, input.bpsLimit ?? null);
   // Control steps as local activities (see activities.ts); histories from before as they ran then.
   const mode = patched('local-control-steps') ? 'local' : 'remote';
+  const versions = stepVersions(mode);
   const identity = [
     { key: SEARCH_ATTRIBUTES.backupId, value: input.backupId },
     { key: SEARCH_ATTRIBUTES.volumeId, value: input.volumeId ?? newVolumeId },
@@ -31,7 +32,7 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
   try {
     tracker.phase('validating');
     const plan = await (mode === 'local' ? localControl : control).beginRestore({ ...input, newVolumeId });
-    const acts = activities(plan.timeouts, mode);
+    const acts = activities(plan.timeouts, mode, versions);
     const { control: ctl, compensation } = acts;
     saga.add('fail restore', () =>
       compensation.failRestore({
