@@ -63,9 +63,8 @@ export interface StepVersions {
 
 /** Call first thing in a workflow (see StepVersions). */
 export function stepVersions(mode: ControlMode): StepVersions {
-  // One patch for both: each `patched` call costs a marker and a search-attribute upsert.
-  const fewerTasks = mode === 'local' && patched('fewer-workflow-tasks');
-  return { connectTogether: fewerTasks, commitInTask: fewerTasks };
+  const local = mode === 'local';
+  return { connectTogether: local && patched('connect-while-choosing-node'), commitInTask: local && patched('commit-in-workflow-task') };
 }
 
 export function activities(t: Timeouts = DEFAULT_TIMEOUTS, mode: ControlMode = 'remote', versions: StepVersions = { connectTogether: false, commitInTask: false }) {
