@@ -12,7 +12,7 @@
  */
 import { CancellationScope, log, patched, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
 import { BackupVolumeInput, SEARCH_ATTRIBUTES, type BackupResult } from '../api.js';
-import { activities, compensation as defaultCompensation, control, localCompensation, localControl, stepVersions } from './activities.js';
+import { activities, commit, compensation as defaultCompensation, control, localCompensation, localControl, stepVersions } from './activities.js';
 import { failureReason, parseInput, Tracker } from './common.js';
 import { backupTargetFor } from './targets/index.js';
 import { Saga } from './saga.js';
@@ -78,7 +78,8 @@ export async function backupVolume(raw: BackupVolumeInput): Promise<BackupResult
     const result = await backupTargetFor(plan).backup({ plan, backupId, volumeId: input.volumeId, name: input.name, tracker, saga, acts });
 
     tracker.phase('finalizing');
-    const backup = await (mode === 'local' ? acts.commit : ctl).finalizeBackup({ backupId, ...result, ...(mode === 'local' && plan.changeTracking ? { keepChangeBase: true } : {}) });
+    const finalize = { backupId, ...result, ...(mode === 'local' && plan.changeTracking ? { keepChangeBase: true } : {}) };
+    const backup = mode === 'local' ? await commit(acts, (c) => c.finalizeBackup(finalize)) : await ctl.finalizeBackup(finalize);
     // The backup is available now: nothing may undo it any more.
     saga.clear();
     if (plan.tempSnapshot) {

@@ -15,7 +15,7 @@
  */
 import { ApplicationFailure, uuid4 } from '@temporalio/workflow';
 import { CopyBackupInput, type CopyBackupResult } from '../api.js';
-import { activities, localControl, stepVersions } from './activities.js';
+import { activities, commit, localControl, stepVersions } from './activities.js';
 import { failureReason, parseInput, Tracker } from './common.js';
 import { runDataPath } from './datapath.js';
 import { runOnAttached } from './objectpath.js';
@@ -107,7 +107,7 @@ export async function copyBackup(raw: CopyBackupInput): Promise<CopyBackupResult
     }
 
     tracker.phase('finalizing');
-    const backup = await acts.commit.finalizeCopy({ copyId, ...done });
+    const backup = await commit(acts, (c) => c.finalizeCopy({ copyId, ...done }));
     tracker.state.bytesDone = plan.size;
     tracker.phase('done');
     return { backup, chunksUploaded: chunks?.chunksUploaded ?? null, chunksSkipped: chunks?.chunksSkipped ?? null };

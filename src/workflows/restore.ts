@@ -5,7 +5,7 @@
  */
 import { patched, upsertSearchAttributes, uuid4 } from '@temporalio/workflow';
 import { RestoreBackupInput, SEARCH_ATTRIBUTES, type RestoreResult } from '../api.js';
-import { activities, control, localControl, stepVersions } from './activities.js';
+import { activities, commit, control, localControl, stepVersions } from './activities.js';
 import { failureReason, isDamagedBackup, parseInput, Tracker } from './common.js';
 import { backupTargetFor } from './targets/index.js';
 import { Saga } from './saga.js';
@@ -52,7 +52,8 @@ export async function restoreBackup(raw: RestoreBackupInput): Promise<RestoreRes
     await backupTargetFor(plan).restore({ plan, tracker, acts, touched: () => (dataTouched = true) });
 
     tracker.phase('finalizing');
-    const volume = await (mode === 'local' ? acts.commit : ctl).finalizeRestore({ backupId: plan.backupId, volumeId: plan.volumeId });
+    const finalize = { backupId: plan.backupId, volumeId: plan.volumeId };
+    const volume = mode === 'local' ? await commit(acts, (c) => c.finalizeRestore(finalize)) : await ctl.finalizeRestore(finalize);
     tracker.phase('done');
     tracker.status('available');
     return { volume, backupId: plan.backupId };
