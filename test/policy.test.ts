@@ -283,7 +283,7 @@ describe('backup policies on a Temporal Schedule', () => {
     match.push(await env.volumes.create({ backend: 'alpha', size: 8 * 1024 * 1024, name: `sel${tag}-three` }));
     const r = await env.client.policies.runNow(name);
     expect(r.workflowId).not.toBeNull();
-    const run = (await env.client.client.workflow.getHandle(r.workflowId!).result()) as PolicyRunResult;
+    const run = (await env.client.client.workflow.getHandle(r.workflowId!, r.runId!).result()) as PolicyRunResult;
     expect(run.failed).toEqual([]);
     expect(run.backups.map((b) => b.volumeId).sort()).toEqual(match.map((v) => v.id).sort());
     expect((await env.client.listBackups(other.id)).filter((b) => b.policy === name)).toEqual([]);

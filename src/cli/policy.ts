@@ -207,8 +207,8 @@ export async function policyCommand(sub: string | undefined, argv: string[], out
           return out.result({ name, workflowId: null, skipped: true, running: r.running }, () => `policy ${name}: a run is still going (${r.running.join(', ') || 'unknown'}); this one was skipped`);
         }
         out.info(`policy ${name}: run started (workflow ${r.workflowId})`);
-        if (!values.wait) return out.result({ name, workflowId: r.workflowId }, () => r.workflowId!);
-        const handle = c.client.workflow.getHandle(r.workflowId);
+        if (!values.wait) return out.result({ name, workflowId: r.workflowId, runId: r.runId }, () => r.workflowId!);
+        const handle = c.client.workflow.getHandle(r.workflowId, r.runId ?? undefined);
         const res = await showProgress(c.result<PolicyRunResult>(handle), () => c.progress(handle));
         return out.result(res, () =>
           [

@@ -166,11 +166,17 @@ export class Policies {
   /**
    * A run now, through the schedule (its overlap rule applies: skipped while one runs).
    * The server starts the run a moment after the trigger: this waits for it to appear
-   * and returns its workflow id, or null when the schedule skipped it (a run is going).
+   * and returns its workflow and run id, or null when the schedule skipped it (a run is going).
+   *
+   * A run is told apart by its run id, not its workflow id: the schedule names a run
+   * `<schedule>-<time to the second>`, so two actions in one second (a trigger right after
+   * another, or after a scheduled slot) share a workflow id and differ only in run id.
    */
-  async runNow(name: string, opts: { appearWithinMs?: number } = {}): Promise<{ workflowId: string | null; running: string[] }> {
-    const { handle, d } = await this.describeOr404(name);
-    const known = new Set([...d.info.recentActions.map((a) => a.action.workflow.workflowId), ...d.info.runningActions.map((a) => a.workflow.workflowId)]);
+  async runNow(name: string, opts: { appearWithinMs?: number } = {}): Promise<{ workflowId: string | null; runId: string | null; running: string[] }> {
+    const { handle } = await this.describeOr404(name);
+    const d = await this.caughtUp(handle);
+    const key = (w: { workflowId: string; firstExecutionRunId: string }): string => `${w.workflowId}/${w.firstExecutionRunId}`;
+    const known = new Set([...d.info.recentActions.map((a) => key(a.action.workflow)), ...d.info.runningActions.map((a) => key(a.workflow))]);
     await handle.trigger(ScheduleOverlapPolicy.SKIP);
     // With a run going the trigger is skipped: no need to wait long to see that.
     const deadline = Date.now() + (opts.appearWithinMs ?? (d.info.runningActions.length > 0 ? 1500 : 10_000));
@@ -178,10 +184,37 @@ export class Policies {
     for (;;) {
       const now = await handle.describe();
       running = now.info.runningActions.map((a) => a.workflow.workflowId);
-      const started = [...now.info.recentActions.map((a) => a.action.workflow.workflowId), ...running].find((id) => !known.has(id));
-      if (started !== undefined) return { workflowId: started, running };
-      if (Date.now() > deadline) return { workflowId: null, running };
+      // The newest action the trigger could have made (recent actions are oldest first).
+      const fresh = [...now.info.recentActions.map((a) => a.action.workflow), ...now.info.runningActions.map((a) => a.workflow)].filter((w) => !known.has(key(w)));
+      const started = fresh.at(-1);
+      if (started !== undefined) return { workflowId: started.workflowId, runId: started.firstExecutionRunId, running };
+      if (Date.now() > deadline) return { workflowId: null, runId: null, running };
       await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  /**
+   * The schedule's description once it has noticed that its runs ended. The scheduler
+   * learns that a run closed a moment after the run's own result is out, and until then it
+   * skips a trigger as an overlap: `run-now` right after a `run-now --wait` would be
+   * skipped though nothing runs. So while a run it lists as running is closed in fact,
+   * wait (bounded) for the scheduler to catch up.
+   */
+  private async caughtUp(handle: ScheduleHandle, withinMs = 10_000): Promise<ScheduleDescription> {
+    const deadline = Date.now() + withinMs;
+    for (;;) {
+      const d = await handle.describe();
+      const closed = await Promise.all(
+        d.info.runningActions.map(async (a) => {
+          try {
+            return (await this.client.workflow.getHandle(a.workflow.workflowId, a.workflow.firstExecutionRunId).describe()).status.name !== 'RUNNING';
+          } catch {
+            return false;
+          }
+        }),
+      );
+      if (!closed.includes(true) || Date.now() > deadline) return d;
+      await new Promise((r) => setTimeout(r, 100));
     }
   }
 
