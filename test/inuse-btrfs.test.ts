@@ -141,7 +141,9 @@ describe.each([
     expect(await env.rt.catalog.findSnapshot(`backup-snap-${failed.backupId}`)).toBeNull();
     expect((await env.rt.catalog.backup(failed.backupId)).status).toBe('error');
 
-    const cancelled = await startBackup(vol.id, { force: true, bpsLimit: 4 * MiB });
+    // 8 MiB of data at 1 MiB/s: the cancel lands mid-copy. (One that lands once the copy
+    // is done comes too late: finalize runs in the task that has the copy's result.)
+    const cancelled = await startBackup(vol.id, { force: true, bpsLimit: MiB });
     await untilPhase(cancelled.handle, 'copying');
     await sleep(500);
     await env.client.cancel(cancelled.handle.workflowId);
