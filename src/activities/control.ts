@@ -26,6 +26,9 @@ export { changeBaseName, tempSnapshotName };
 /** Changed ranges handed to the copy at most: they travel in the workflow history. */
 const MAX_CHANGED_EXTENTS = 4096;
 
+/** What prepareCopy did: the storage copied by itself, or the generic copy is ready to run. */
+export type PreparedCopy = { assisted: true; storedBytes: number } | { assisted: false; node: string; src: ConnectionInfo; dst: ConnectionInfo; release: boolean };
+
 export interface ChangesFound {
   /** The backup to build on; null: the copy finds its parent by itself and reads everything. */
   parentId: string | null;
@@ -66,6 +69,34 @@ export function createControlActivities(rt: ControlDeps) {
     const d = rt.driver(dest.backend);
     if ((await d.capabilities()).storageAssistedBackup && s.driverName === d.driverName) return;
     throw new NoEligibleNode(`no node reaches both ${backends.map((b) => `'${b}'`).join(' and ')} (nodes: ${rt.config.nodes.map((n) => `${n.name} -> ${n.backends.join(',')}`).join('; ')})`);
+  };
+
+  const chooseNode = (input: { backends: string[]; exclude: string[]; key: string }): string => {
+    const eligible = rt.config.nodes.filter((n) => input.backends.every((b) => n.backends.includes(b)));
+    const usable = eligible.filter((n) => !input.exclude.includes(n.name));
+    if (usable.length === 0) {
+      throw new NoEligibleNode(
+        eligible.length === 0
+          ? `no node reaches both ${input.backends.map((b) => `'${b}'`).join(' and ')} (nodes: ${rt.config.nodes.map((n) => `${n.name} -> ${n.backends.join(',')}`).join('; ')})`
+          : `every node that reaches ${input.backends.join(' and ')} failed (${input.exclude.join(', ')})`,
+      );
+    }
+    return usable[spreadIndex(input.key, usable.length)]!.name;
+  };
+
+  const storageAssistedCopy = async (input: { source: Loc; dest: Loc; size: number }): Promise<{ assisted: boolean; storedBytes: number }> => {
+    await failpoint('assisted-copy');
+    const destDriver = rt.driver(input.dest.backend);
+    const sourceDriver = rt.driver(input.source.backend);
+    if (!(await destDriver.capabilities()).storageAssistedBackup) return { assisted: false, storedBytes: 0 };
+    const assisted = await destDriver.storageAssistedCopy(sourceDriver, input.source, input.dest);
+    if (!assisted) return { assisted: false, storedBytes: 0 };
+    return { assisted: true, storedBytes: extentBytes(copyExtentsOf(await destDriver.dataExtents(input.dest, input.size), input.size)) };
+  };
+
+  const createBackendVolume = async (input: { loc: Loc; size: number }): Promise<void> => {
+    await failpoint('create-destination');
+    await rt.driver(input.loc.backend).createVolume(input.loc, input.size);
   };
 
   return {
@@ -167,21 +198,11 @@ export function createControlActivities(rt: ControlDeps) {
 
     /** Nodes that reach every backend in `backends`; the one to use is picked by `key`. */
     async chooseNode(input: { backends: string[]; exclude: string[]; key: string }): Promise<string> {
-      const eligible = rt.config.nodes.filter((n) => input.backends.every((b) => n.backends.includes(b)));
-      const usable = eligible.filter((n) => !input.exclude.includes(n.name));
-      if (usable.length === 0) {
-        throw new NoEligibleNode(
-          eligible.length === 0
-            ? `no node reaches both ${input.backends.map((b) => `'${b}'`).join(' and ')} (nodes: ${rt.config.nodes.map((n) => `${n.name} -> ${n.backends.join(',')}`).join('; ')})`
-            : `every node that reaches ${input.backends.join(' and ')} failed (${input.exclude.join(', ')})`,
-        );
-      }
-      return usable[spreadIndex(input.key, usable.length)]!.name;
+      return chooseNode(input);
     },
 
     async createBackendVolume(input: { loc: Loc; size: number }): Promise<void> {
-      await failpoint('create-destination');
-      await rt.driver(input.loc.backend).createVolume(input.loc, input.size);
+      await createBackendVolume(input);
     },
 
     async deleteBackendVolume(input: { loc: Loc }): Promise<void> {
@@ -195,13 +216,30 @@ export function createControlActivities(rt: ControlDeps) {
      * generic attach + dd path.
      */
     async storageAssistedCopy(input: { source: Loc; dest: Loc; size: number }): Promise<{ assisted: boolean; storedBytes: number }> {
-      await failpoint('assisted-copy');
-      const destDriver = rt.driver(input.dest.backend);
+      return storageAssistedCopy(input);
+    },
+
+    /**
+     * Every step before a copy, as one control step (local mode, StepVersions.prepareInOne):
+     * the storage-assisted copy when the storage can; else the destination made (when
+     * asked), the node chosen and both connections opened. One local activity instead of
+     * four in a row: each costs the workflow a round trip through the SDK. Every part is
+     * idempotent, so a retry repeats it harmlessly, and the workflow's undo steps (delete
+     * the destination, terminate the connections) are on its stack before this runs.
+     * `release` says whether the backends hold anything per connection that the
+     * workflow must release once the copy is done (local files hold nothing).
+     */
+    async prepareCopy(input: { source: Loc; dest: Loc; size: number; create: boolean; key: string }): Promise<PreparedCopy> {
+      const assisted = await storageAssistedCopy(input);
+      if (assisted.assisted) return { assisted: true, storedBytes: assisted.storedBytes };
+      if (input.create) await createBackendVolume({ loc: input.dest, size: input.size });
+      const node = chooseNode({ backends: [...new Set([input.source.backend, input.dest.backend])], exclude: [], key: input.key });
       const sourceDriver = rt.driver(input.source.backend);
-      if (!(await destDriver.capabilities()).storageAssistedBackup) return { assisted: false, storedBytes: 0 };
-      const assisted = await destDriver.storageAssistedCopy(sourceDriver, input.source, input.dest);
-      if (!assisted) return { assisted: false, storedBytes: 0 };
-      return { assisted: true, storedBytes: extentBytes(copyExtentsOf(await destDriver.dataExtents(input.dest, input.size), input.size)) };
+      const destDriver = rt.driver(input.dest.backend);
+      const src = sourceDriver.initializeConnection(input.source, { readOnly: true });
+      const dst = destDriver.initializeConnection(input.dest, { readOnly: false });
+      const release = (await sourceDriver.capabilities()).exportsConnections === true || (await destDriver.capabilities()).exportsConnections === true;
+      return { assisted: false, node, src, dst, release };
     },
 
     async clearBackendVolume(input: { loc: Loc }): Promise<void> {

@@ -59,15 +59,26 @@ export interface StepVersions {
   connectTogether: boolean;
   /** commit(): finalize runs as a local activity in the task that has the copy's result. */
   commitInTask: boolean;
+  /**
+   * targets/volume.ts: the steps before a generic copy (storage-assisted copy, create the
+   * destination, choose the node, open the connections) run as one local activity
+   * (prepareCopy), and connections that hold nothing on the backend are not terminated
+   * one by one after the copy (their undo stays for failures).
+   */
+  prepareInOne: boolean;
 }
 
 /** Call first thing in a workflow (see StepVersions). */
 export function stepVersions(mode: ControlMode): StepVersions {
   const local = mode === 'local';
-  return { connectTogether: local && patched('connect-while-choosing-node'), commitInTask: local && patched('commit-in-workflow-task') };
+  return {
+    connectTogether: local && patched('connect-while-choosing-node'),
+    commitInTask: local && patched('commit-in-workflow-task'),
+    prepareInOne: local && patched('prepare-copy-in-one-step'),
+  };
 }
 
-export function activities(t: Timeouts = DEFAULT_TIMEOUTS, mode: ControlMode = 'remote', versions: StepVersions = { connectTogether: false, commitInTask: false }) {
+export function activities(t: Timeouts = DEFAULT_TIMEOUTS, mode: ControlMode = 'remote', versions: StepVersions = { connectTogether: false, commitInTask: false, prepareInOne: false }) {
   const control: ActivityOptions = {
     startToCloseTimeout: '2 hours',
     heartbeatTimeout: t.heartbeatMs,
@@ -93,7 +104,7 @@ export function activities(t: Timeouts = DEFAULT_TIMEOUTS, mode: ControlMode = '
     /** Undo steps retry without limit (no maximumAttempts): giving up would leak. */
     compensation: mode === 'local' ? proxyLocalActivities<ControlActivities>({ ...local, retry }) : proxyActivities<ControlActivities>({ ...control, retry }),
     mode,
-    versions: { connectTogether: mode === 'local' && versions.connectTogether, commitInTask: mode === 'local' && versions.commitInTask },
+    versions: { connectTogether: mode === 'local' && versions.connectTogether, commitInTask: mode === 'local' && versions.commitInTask, prepareInOne: mode === 'local' && versions.prepareInOne },
     /**
      * Commit points (finalize) always run as activities, also in local mode. A local
      * activity's result can be lost with its workflow task (a cancel arriving at that

@@ -6,6 +6,7 @@
  */
 import type { Loc } from '../activities/plans.js';
 import type { CopyResult } from '../activities/node.js';
+import type { ConnectionInfo } from '../drivers/volume/driver.js';
 import type { Activities } from './activities.js';
 import type { Tracker } from './common.js';
 import { onSomeNode, settleAll } from './nodes.js';
@@ -23,6 +24,8 @@ export interface DataPathRequest {
   /** Called right before bytes start landing on the destination. */
   onCopyStart?: () => void;
   acts: Activities;
+  /** What prepareCopy returned: node chosen, connections open (first try only). */
+  prepared?: { node: string; src: ConnectionInfo; dst: ConnectionInfo; release: boolean };
 }
 
 export async function runDataPath(req: DataPathRequest): Promise<CopyResult> {
@@ -41,7 +44,13 @@ export async function runDataPath(req: DataPathRequest): Promise<CopyResult> {
     held.add('terminate destination connection', () => compensation.terminateConnection({ loc: req.dest }));
     return { src, dst };
   };
-  return onSomeNode({ backends: [req.source.backend, req.dest.backend], key: req.key, tracker: req.tracker, acts: req.acts, connect }, async (acts, held, { src, dst }) => {
+  const p = req.prepared;
+  const opened = p && {
+    node: p.node,
+    connections: { src: p.src, dst: p.dst },
+    ...(p.release ? { release: () => settleAll([compensation.terminateConnection({ loc: req.source }), compensation.terminateConnection({ loc: req.dest })]) } : {}),
+  };
+  return onSomeNode({ backends: [req.source.backend, req.dest.backend], key: req.key, tracker: req.tracker, acts: req.acts, connect, ...(opened ? { opened } : {}) }, async (acts, held, { src, dst }) => {
     // One node step (local mode): the copy attaches both volumes, copies and detaches them,
     // so the node is asked once instead of five times. The undos stay on the stack, for a
     // copy that fails, is cancelled or loses its node; they are skipped once it says it detached.

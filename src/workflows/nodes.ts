@@ -31,6 +31,11 @@ export async function onSomeNode<R, C>(
      * first. `together`: its steps may run at once (they are independent).
      */
     connect: (held: Saga, together: boolean) => Promise<C>;
+    /**
+     * The node chosen and the connections opened already (prepareCopy), for the first
+     * try; `release` (when the backends hold something per connection) goes onto `held`.
+     */
+    opened?: { node: string; connections: C; release?: () => Promise<unknown> };
   },
   body: (acts: NodeActs, held: Saga, connections: C) => Promise<R>,
 ): Promise<R> {
@@ -46,7 +51,13 @@ export async function onSomeNode<R, C>(
     let node: string | null = null;
     try {
       let connections: C;
-      if (together) {
+      const opened = lost.length === 0 ? req.opened : undefined;
+      if (opened) {
+        if (opened.release) held.add('terminate connections', opened.release);
+        node = opened.node;
+        connections = opened.connections;
+        req.tracker.state.node = node;
+      } else if (together) {
         req.tracker.phase('attaching');
         [node, connections] = await settleAll<[string, C]>([choose(), req.connect(held, true)]);
         req.tracker.state.node = node;

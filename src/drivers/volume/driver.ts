@@ -39,6 +39,12 @@ export interface DriverCapabilities {
   storageAssistedBackup: boolean;
   /** Holes are skipped: copies move only the bytes that were written. */
   sparseCopy: boolean;
+  /**
+   * The backend holds something per connection (an export, a target, an ACL) that
+   * terminateConnection releases. Absent or false: local files, nothing to release, so
+   * the workflow skips that step after a copy (its undo stays for failures).
+   */
+  exportsConnections?: boolean;
 }
 
 export interface StorageStats {
