@@ -68,13 +68,17 @@ export interface StepVersions {
   prepareInOne: boolean;
 }
 
-/** Call first thing in a workflow (see StepVersions). */
-export function stepVersions(mode: ControlMode): StepVersions {
+/**
+ * Call first thing in a workflow (see StepVersions). `prepare`: whether the workflow has
+ * the step prepareInOne changes (backup and restore do; a copy between targets does not,
+ * and records no marker for it).
+ */
+export function stepVersions(mode: ControlMode, opts: { prepare: boolean } = { prepare: true }): StepVersions {
   const local = mode === 'local';
   return {
     connectTogether: local && patched('connect-while-choosing-node'),
     commitInTask: local && patched('commit-in-workflow-task'),
-    prepareInOne: local && patched('prepare-copy-in-one-step'),
+    prepareInOne: local && opts.prepare && patched('prepare-copy-in-one-step'),
   };
 }
 

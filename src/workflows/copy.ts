@@ -23,7 +23,7 @@ import { Saga } from './saga.js';
 
 export async function copyBackup(raw: CopyBackupInput): Promise<CopyBackupResult> {
   const input = parseInput(CopyBackupInput, raw);
-  const versions = stepVersions('local');
+  const versions = stepVersions('local', { prepare: false });
   const copyId = input.copyId ?? `bak-${uuid4().replace(/-/g, '').slice(0, 12)}`;
   const tracker = new Tracker({ backupId: copyId }, null);
   const saga = new Saga();
