@@ -56,7 +56,7 @@ async function dataPathSeconds(client: GbackupClient, workflowId: string): Promi
     const id = String(e.eventId);
     if (e.activityTaskScheduledEventAttributes) scheduled.set(id, e.activityTaskScheduledEventAttributes.activityType?.name ?? '');
     if (e.activityTaskStartedEventAttributes) started.set(String(e.activityTaskStartedEventAttributes.scheduledEventId), ms(e.eventTime));
-    // A local activity (the storage-assisted copy runs as one) is a marker written with the
+    // A local activity (the storage-assisted copy runs in one, prepareCopy) is a marker written with the
     // workflow task that ran it; its own times in the marker are not start and end (the
     // schedule time can be after the completion), so that task's span stands for it: an
     // upper bound, as the task ran other local steps too.
@@ -73,9 +73,11 @@ async function dataPathSeconds(client: GbackupClient, workflowId: string): Promi
       spans.push({ type: scheduled.get(sid) ?? '', start: started.get(sid) ?? 0, end: ms(e.eventTime) });
     }
   }
-  const data = spans.filter((s) => ['storageAssistedCopy', 'attachVolume', 'copyVolume', 'detachVolume'].includes(s.type));
-  const assisted = data.find((s) => s.type === 'storageAssistedCopy');
-  const generic = data.filter((s) => s.type !== 'storageAssistedCopy');
+  // prepareCopy: the storage-assisted copy since it runs in one step with the rest of the preparation.
+  const assistedStep = (type: string) => type === 'storageAssistedCopy' || type === 'prepareCopy';
+  const data = spans.filter((s) => assistedStep(s.type) || ['attachVolume', 'copyVolume', 'detachVolume'].includes(s.type));
+  const assisted = data.find((s) => assistedStep(s.type));
+  const generic = data.filter((s) => !assistedStep(s.type));
   if (generic.length > 0) return (Math.max(...generic.map((s) => s.end)) - Math.min(...generic.map((s) => s.start))) / 1000;
   return assisted ? Math.max(0.0005, (assisted.end - assisted.start) / 1000) : NaN;
 }
