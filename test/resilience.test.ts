@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { open } from 'node:fs/promises';
 import { execa } from 'execa';
+import type { WorkflowHandle } from '@temporalio/client';
 import { listLoopDevices } from '../src/connectors/loop.js';
 import { killStrayCopies } from '../src/copy/dd.js';
 import type { BackupResult } from '../src/api.js';
@@ -33,6 +34,16 @@ afterEach(async () => {
 });
 
 
+
+/** The copy's offset in the last heartbeat the server holds for it (0 when none yet). */
+async function heartbeatedOffset(h: WorkflowHandle): Promise<number> {
+  const d = await h.describe();
+  for (const a of d.raw.pendingActivities ?? []) {
+    const raw = a.heartbeatDetails?.payloads?.[0]?.data;
+    if (a.activityType?.name === 'copyVolume' && raw) return (JSON.parse(Buffer.from(raw).toString('utf8')) as { doneOffset?: number }).doneOffset ?? 0;
+  }
+  return 0;
+}
 
 /** Offset of the first all-zero MiB of a file (its size if none). */
 async function firstZeroMiB(file: string): Promise<number> {
@@ -58,9 +69,12 @@ describe('crashes', () => {
     const sum = await env.volumes.sha256(vol.id);
     const backupId = `bak-${randomBytes(4).toString('hex')}`;
     const h = await env.client.startBackup({ volumeId: vol.id, backupId }, { target: 'vault', backend: 'alpha' });
-    const atKill = await waitFor(`a third of the copy ${worker.output()}`, async () => {
+    // A third copied, and a heartbeat past the start recorded by the server: the progress
+    // signal can run ahead of the throttled heartbeats on a loaded machine, and a kill
+    // before any heartbeat leaves nothing to resume from.
+    const atKill = await waitFor(`a third of the copy, heartbeated ${worker.output()}`, async () => {
       const p = await progress(h);
-      return p.bytesDone >= 32 * MiB ? p.bytesDone : undefined;
+      return p.bytesDone >= 32 * MiB && (await heartbeatedOffset(h)) > 0 ? p.bytesDone : undefined;
     });
     await worker.kill();
     // A crashed host takes its dd with it: stop the orphan, then measure exactly how far
