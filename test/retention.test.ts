@@ -59,6 +59,25 @@ describe('planRetention', () => {
     expect(ids(p.remove)).toEqual(['c', 'p']);
   });
 
+  it('orders backups of one slot by when they were made: a Schedule slot is whole seconds', () => {
+    // Two runs started in the same second share the slot; ids sort the other way round.
+    const slot = at(3);
+    const bs = [
+      full('zz-older', 3, { createdAt: `${slot.slice(0, 19)}.100Z` }),
+      full('aa-newer', 3, { parentId: 'zz-older', createdAt: `${slot.slice(0, 19)}.900Z` }),
+    ];
+    const p = planRetention(bs, { last: 1, daily: 0, weekly: 0, monthly: 0 });
+    expect(p.keep.map((k) => [k.id, k.reasons])).toEqual([
+      ['aa-newer', ['keep-last 1/1']],
+      ['zz-older', ['needed by aa-newer (incremental)']],
+    ]);
+    expect(p.remove).toEqual([]);
+    // Without the child link the older one goes, not the newer.
+    const unlinked = planRetention([bs[0]!, { ...bs[1]!, parentId: null }], { last: 1, daily: 0, weekly: 0, monthly: 0 });
+    expect(ids(unlinked.keep)).toEqual(['aa-newer']);
+    expect(ids(unlinked.remove)).toEqual(['zz-older']);
+  });
+
   it('always keeps the newest verified backup and its chain', () => {
     const bs = [full('f0', 0), full('i1', 1, { parentId: 'f0', verifiedAt: at(2) }), full('f2', 2), full('f3', 3)];
     const p = planRetention(bs, { last: 1, daily: 0, weekly: 0, monthly: 0 });

@@ -5,7 +5,7 @@
  */
 import type { PolicySpec, PruneBackupsInput, PrunePlanEntry, VolumeView } from '../api.js';
 import type { BackupRecord } from '../catalog/catalog.js';
-import { planRetention, type KeepRules } from '../policy/retention.js';
+import { newerFirst, planRetention, type KeepRules } from '../policy/retention.js';
 import type { Runtime } from '../services/runtime.js';
 
 export interface PolicyRunPlan {
@@ -65,7 +65,9 @@ export function createPolicyActivities(rt: Pick<Runtime, 'catalog' | 'target'>) 
         }
         let incremental = false;
         if (p.incremental) {
-          const newest = mine.filter((b) => b.volumeId === v.id && b.target === target && b.status === 'available').sort((a, b) => (slot(a) < slot(b) ? 1 : -1))[0];
+          const newest = mine
+            .filter((b) => b.volumeId === v.id && b.target === target && b.status === 'available')
+            .sort((a, b) => newerFirst({ at: slot(a), createdAt: a.createdAt, id: a.id }, { at: slot(b), createdAt: b.createdAt, id: b.id }))[0];
           incremental = newest !== undefined && chainLength(newest, byId) + 1 < p.fullEvery;
         }
         out.push({ volumeId: v.id, incremental });
@@ -91,7 +93,7 @@ export function createPolicyActivities(rt: Pick<Runtime, 'catalog' | 'target'>) 
         const [volumeId, t] = k.split('\u0000') as [string, string];
         const rules: KeepRules = input.copyTo && t === input.copyTo.target && t !== target ? input.copyTo.keep : input.keep;
         const r = planRetention(
-          backups.map((b) => ({ id: b.id, status: b.status, at: slot(b), parentId: b.parentId, verifiedAt: b.verifiedAt })),
+          backups.map((b) => ({ id: b.id, status: b.status, at: slot(b), createdAt: b.createdAt, parentId: b.parentId, verifiedAt: b.verifiedAt })),
           rules,
         );
         plan.push({ volumeId, target: t, ...r });

@@ -27,6 +27,12 @@ export interface RetentionCandidate {
   status: string;
   /** ISO time the backup counts for (its schedule slot; else when it was made). */
   at: string;
+  /**
+   * When it was made (ISO, milliseconds): orders backups of one slot. A Schedule's slot
+   * time is whole seconds, so two runs started in one second (run-now twice, a backfill)
+   * share a slot, and the newer one must still count as newer.
+   */
+  createdAt?: string;
   parentId: string | null;
   verifiedAt: string | null;
 }
@@ -57,12 +63,22 @@ export function keepsAnything(k: KeepRules): boolean {
   return k.last + k.daily + k.weekly + k.monthly > 0;
 }
 
+/** Sort order, newest first: slot, then when made, then id (see RetentionCandidate.createdAt). */
+export function newerFirst(a: Pick<RetentionCandidate, 'at' | 'createdAt' | 'id'>, b: Pick<RetentionCandidate, 'at' | 'createdAt' | 'id'>): number {
+  if (a.at !== b.at) return a.at < b.at ? 1 : -1;
+  const ac = a.createdAt ?? '';
+  const bc = b.createdAt ?? '';
+  if (ac !== bc) return ac < bc ? 1 : -1;
+  return a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
+}
+
 export function planRetention(backups: readonly RetentionCandidate[], rules: KeepRules): RetentionPlan {
   if (!keepsAnything(rules)) throw new Error('retention keeps nothing: at least one of keep-last, keep-daily, keep-weekly, keep-monthly must be positive');
   const byId = new Map(backups.map((b) => [b.id, b]));
   const usable = backups.filter((b) => b.status === 'available');
-  // Newest first; equal times by id, so a plan never depends on the order rows came in.
-  const newestFirst = [...usable].sort((a, b) => (a.at === b.at ? (a.id < b.id ? 1 : -1) : a.at < b.at ? 1 : -1));
+  // Newest first; equal slots by when they were made, then by id, so a plan never depends
+  // on the order rows came in.
+  const newestFirst = [...usable].sort(newerFirst);
   const reasons = new Map<string, string[]>();
   const keep = (id: string, why: string) => {
     const r = reasons.get(id) ?? [];
