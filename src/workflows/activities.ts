@@ -68,6 +68,9 @@ export interface StepVersions {
   prepareInOne: boolean;
 }
 
+/** Every step as it first was. */
+const NO_VERSIONS: StepVersions = { connectTogether: false, commitInTask: false, prepareInOne: false };
+
 /**
  * Call first thing in a workflow (see StepVersions). `prepare`: whether the workflow has
  * the step prepareInOne changes (backup and restore do; a copy between targets does not,
@@ -82,7 +85,7 @@ export function stepVersions(mode: ControlMode, opts: { prepare: boolean } = { p
   };
 }
 
-export function activities(t: Timeouts = DEFAULT_TIMEOUTS, mode: ControlMode = 'remote', versions: StepVersions = { connectTogether: false, commitInTask: false, prepareInOne: false }) {
+export function activities(t: Timeouts = DEFAULT_TIMEOUTS, mode: ControlMode = 'remote', versions: StepVersions = NO_VERSIONS) {
   const control: ActivityOptions = {
     startToCloseTimeout: '2 hours',
     heartbeatTimeout: t.heartbeatMs,
@@ -108,15 +111,15 @@ export function activities(t: Timeouts = DEFAULT_TIMEOUTS, mode: ControlMode = '
     /** Undo steps retry without limit (no maximumAttempts): giving up would leak. */
     compensation: mode === 'local' ? proxyLocalActivities<ControlActivities>({ ...local, retry }) : proxyActivities<ControlActivities>({ ...control, retry }),
     mode,
-    versions: { connectTogether: mode === 'local' && versions.connectTogether, commitInTask: mode === 'local' && versions.commitInTask, prepareInOne: mode === 'local' && versions.prepareInOne },
+    /** Remote mode (histories from before local steps) has none of the later versions. */
+    versions: mode === 'local' ? versions : NO_VERSIONS,
     /**
-     * Commit points (finalize) always run as activities, also in local mode. A local
-     * activity's result can be lost with its workflow task (a cancel arriving at that
-     * moment makes the server refuse the completion), and the task that replaces it would
-     * then follow the cancel and undo a backup that the lost step had already made
-     * available. An activity's completion is recorded by the server, and a cancel waits for
-     * it (WAIT_CANCELLATION_COMPLETED). Every step before it pushes its undo first, so a lost
-     * result there is harmless.
+     * Commit points (finalize) as activities: how local-mode histories from before
+     * StepVersions.commitInTask ran them. A local activity's result can be lost with its
+     * workflow task (a cancel arriving at that moment makes the server refuse the
+     * completion); an activity's completion is recorded by the server, and a cancel waits
+     * for it (WAIT_CANCELLATION_COMPLETED). New workflows run finalize as a local activity
+     * shielded from cancellation instead: see commit().
      */
     commit: proxyActivities<ControlActivities>(control),
     /** The commit point as a local activity (StepVersions.commitInTask; see commit()). */

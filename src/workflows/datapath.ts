@@ -28,13 +28,16 @@ export interface DataPathRequest {
   prepared?: { node: string; src: ConnectionInfo; dst: ConnectionInfo; release: boolean };
 }
 
+/** The backend side of both connections released, at once (idempotent; nothing to do for local files). */
+export function terminateConnections(compensation: Activities['compensation'], source: Loc, dest: Loc): Promise<[void, void]> {
+  return settleAll([compensation.terminateConnection({ loc: source }), compensation.terminateConnection({ loc: dest })]);
+}
+
 export async function runDataPath(req: DataPathRequest): Promise<CopyResult> {
   const { control, compensation } = req.acts;
   const connect = async (held: Saga, together: boolean) => {
     if (together) {
-      held.add('terminate connections', () =>
-        settleAll([compensation.terminateConnection({ loc: req.source }), compensation.terminateConnection({ loc: req.dest })]),
-      );
+      held.add('terminate connections', () => terminateConnections(compensation, req.source, req.dest));
       const [src, dst] = await settleAll([control.initializeConnection({ loc: req.source, readOnly: true }), control.initializeConnection({ loc: req.dest, readOnly: false })]);
       return { src, dst };
     }
@@ -48,7 +51,7 @@ export async function runDataPath(req: DataPathRequest): Promise<CopyResult> {
   const opened = p && {
     node: p.node,
     connections: { src: p.src, dst: p.dst },
-    ...(p.release ? { release: () => settleAll([compensation.terminateConnection({ loc: req.source }), compensation.terminateConnection({ loc: req.dest })]) } : {}),
+    ...(p.release ? { release: () => terminateConnections(compensation, req.source, req.dest) } : {}),
   };
   return onSomeNode({ backends: [req.source.backend, req.dest.backend], key: req.key, tracker: req.tracker, acts: req.acts, connect, ...(opened ? { opened } : {}) }, async (acts, held, { src, dst }) => {
     // One node step (local mode): the copy attaches both volumes, copies and detaches them,

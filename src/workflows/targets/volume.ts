@@ -4,8 +4,7 @@
  * reflinks), else by attaching source and destination to a node and copying with dd.
  */
 import { CancellationScope } from '@temporalio/workflow';
-import { runDataPath } from '../datapath.js';
-import { settleAll } from '../nodes.js';
+import { runDataPath, terminateConnections } from '../datapath.js';
 import type { BackupTarget } from './target.js';
 
 export const volumeTarget: BackupTarget = {
@@ -15,7 +14,7 @@ export const volumeTarget: BackupTarget = {
     saga.add('delete destination', () => compensation.deleteBackendVolume({ loc: dest }));
     if (acts.versions.prepareInOne) {
       // Undone on failure whether or not they were opened (idempotent; nothing for local files).
-      saga.add('terminate connections', () => settleAll([compensation.terminateConnection({ loc: plan.source }), compensation.terminateConnection({ loc: dest })]));
+      saga.add('terminate connections', () => terminateConnections(compensation, plan.source, dest));
       tracker.phase('preparing copy');
       const prepared = await ctl.prepareCopy({ source: plan.source, dest, size: plan.size, create: true, key: backupId });
       if (prepared.assisted) return { storedBytes: prepared.storedBytes, method: 'storage-assisted', node: null };
@@ -41,7 +40,7 @@ export const volumeTarget: BackupTarget = {
       tracker.phase('preparing copy');
       const prepared = await ctl.prepareCopy({ source, dest: plan.dest, size: plan.size, create: true, key: plan.volumeId }).catch(async (e: unknown) => {
         // What it may have opened is released (idempotent; nothing for local files), also when cancelled.
-        await CancellationScope.nonCancellable(() => settleAll([compensation.terminateConnection({ loc: source }), compensation.terminateConnection({ loc: plan.dest })]));
+        await CancellationScope.nonCancellable(() => terminateConnections(compensation, source, plan.dest));
         throw e;
       });
       if (prepared.assisted) return;
