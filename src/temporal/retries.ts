@@ -7,10 +7,11 @@
  * a CLI process that had already printed its result, or a test run that had passed (seen
  * in CI after the Temporal-restart test). Here every attempt first asks whether its
  * connection is closing; if it is, the call ends with CANCELLED, which is not retried, and
- * its caller gets an ordinary rejection.
+ * its caller gets an ordinary rejection. So does a call started after the close (the SDK's
+ * interceptor would throw from a timer on it: test/client-close.test.ts).
  */
 import { defaultGrpcRetryOptions, makeGrpcRetryInterceptor } from '@temporalio/client';
-import { Metadata, status, type Interceptor, type NextCall } from '@grpc/grpc-js';
+import { InterceptingCall, Metadata, status, type Interceptor, type NextCall } from '@grpc/grpc-js';
 
 type Call = ReturnType<NextCall>;
 
@@ -41,7 +42,9 @@ export function closableRetries(): ClosableRetries {
   const retry = makeGrpcRetryInterceptor(defaultGrpcRetryOptions());
   let closing = false;
   return {
-    interceptors: [(options, nextCall) => retry(options, (opts) => (closing ? closedCall() : nextCall(opts)))],
+    // A call made after close skips the SDK's retry interceptor altogether: that one forwards
+    // its first attempt's message at the end and throws from a timer when there was none.
+    interceptors: [(options, nextCall) => (closing ? new InterceptingCall(closedCall()) : retry(options, (opts) => (closing ? closedCall() : nextCall(opts))))],
     close() {
       closing = true;
     },
