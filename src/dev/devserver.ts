@@ -98,6 +98,16 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     String(port),
     '--db-filename',
     opts.dbFile,
+    // Commits go to a write-ahead log without an fsync each. By default every history write
+    // of the dev server's SQLite is an fsync'd rollback-journal commit: measured here, ~40 ms
+    // of a small backup's ~120 ms of orchestration (80 ms with these). What is committed
+    // still survives the server being killed (the log is in the file system); a power loss
+    // can take the last moments of history, never the database. Production runs a Temporal
+    // cluster on its own database (docker-compose.yml), not this server.
+    '--sqlite-pragma',
+    'journal_mode=wal',
+    '--sqlite-pragma',
+    'synchronous=normal',
     '--log-level',
     'error',
     ...(uiPort === null ? ['--headless'] : ['--ui-port', String(uiPort)]),
