@@ -96,6 +96,14 @@ export interface ObjectRestoreResult {
   detached?: boolean;
 }
 
+/** Like Promise.all, but settles every step before rethrowing the first failure. */
+async function allOrFirstError<T extends readonly unknown[]>(steps: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
+  const settled = await Promise.allSettled(steps);
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
+}
+
 /** How often progress reaches the workflow: each signal is a history event. */
 const NOTIFY_EVERY_MS = 2000;
 
@@ -220,8 +228,12 @@ export function createNodeActivities(deps: NodeDeps) {
       // Asked while the devices attach (one process less on the path; it cannot fail: null means "all of it").
       const sourceExtents = connector.dataExtents(input.source, input.size);
       // Attaching is idempotent; a retry on a restarted node finds or remakes the devices.
-      const src = input.attach ? await attach(input.source, 'source') : await connector.connectVolume(input.source);
-      const dst = input.attach ? await attach(input.dest, 'destination') : await connector.connectVolume(input.dest);
+      // Both at once (the connector gives them distinct devices); should one fail, the
+      // other is waited for, so the workflow's detach undos never run ahead of an attach.
+      const [src, dst] = await allOrFirstError<[{ device: string }, { device: string }]>([
+        input.attach ? attach(input.source, 'source') : connector.connectVolume(input.source),
+        input.attach ? attach(input.dest, 'destination') : connector.connectVolume(input.dest),
+      ]);
       if (c.info.attempt > 1) await killStrayCopies(dst.device);
       await failpoint('copy');
       const extents = copyExtentsOf(await sourceExtents, input.size);

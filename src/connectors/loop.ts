@@ -6,7 +6,7 @@
  * after a crash the name in our history may belong to somebody else's loop device,
  * while the backing file identifies ours for certain.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { realpath, statfs } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { launch, launchChecked, ToolFailed } from '../node/launcher.js';
@@ -61,6 +61,36 @@ async function listWithLosetup(): Promise<LoopDevice[]> {
   }));
 }
 
+/** Free loop devices an attach of this process is binding right now. */
+const claimed = new Set<string>();
+
+/**
+ * A free loop device no other attach of this process is binding (until released), or
+ * null when sysfs shows none (then `losetup --find` makes one).
+ *
+ * Why not always `--find`: two of them at once (a copy attaches its source and
+ * destination together) both pick the lowest free device, the loser gets EBUSY, and
+ * util-linux 2.38 sleeps 200 ms before it looks again. Naming distinct devices lets both
+ * attaches run in parallel; another process racing for the same device still only costs
+ * the fallback to `--find`.
+ */
+export function claimFreeDevice(): { device: string; release: () => void } | null {
+  let names: string[];
+  try {
+    names = readdirSync('/sys/block').filter((n) => /^loop\d+$/.test(n));
+  } catch {
+    return null;
+  }
+  names.sort((a, b) => Number(a.slice(4)) - Number(b.slice(4)));
+  for (const n of names) {
+    const device = `/dev/${n}`;
+    if (claimed.has(device) || existsSync(`/sys/block/${n}/loop/backing_file`) || !existsSync(device)) continue;
+    claimed.add(device);
+    return { device, release: () => claimed.delete(device) };
+  }
+  return null;
+}
+
 /** Protocol `file`: a local image file, exposed as a block device through a loop device. */
 export class LoopConnector implements Connector {
   readonly protocol = 'file';
@@ -97,9 +127,19 @@ export class LoopConnector implements Connector {
     const real = await this.checkPath(info.path);
     const existing = (await this.devicesFor(real)).find((d) => d.readOnly === info.readOnly);
     if (existing) return { device: existing.device };
-    const args = ['--find', '--show', ...(this.directIo ? ['--direct-io=on'] : []), ...(info.readOnly ? ['--read-only'] : []), '--', real];
+    const options = [...(this.directIo ? ['--direct-io=on'] : []), ...(info.readOnly ? ['--read-only'] : [])];
+    const claim = claimFreeDevice();
+    if (claim !== null) {
+      try {
+        // Binding a named free device fails at once (EBUSY) if another process took it
+        // meanwhile; then `--find` below picks one as before.
+        if ((await launch('losetup', [...options, '--', claim.device, real])).exitCode === 0) return { device: claim.device };
+      } finally {
+        claim.release();
+      }
+    }
     try {
-      const { stdout } = await launchChecked('losetup', args);
+      const { stdout } = await launchChecked('losetup', ['--find', '--show', ...options, '--', real]);
       return { device: stdout.trim() };
     } catch (e) {
       throw new AttachError(`losetup could not attach '${real}': ${e instanceof ToolFailed ? e.stderr.trim() : (e as Error).message}`);
