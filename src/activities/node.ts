@@ -11,6 +11,7 @@ import { copyExtentsOf, extentBytes, type Extent } from '../copy/extents.js';
 import type { Throttle } from '../copy/throttle.js';
 import type { AttachmentLedger } from '../node/ledger.js';
 import { failpoint } from './failpoints.js';
+import { settleAll } from '../settle.js';
 import { BackendFull } from '../errors.js';
 import { backupToStore } from '../drivers/backup/backup.js';
 import { restoreFromStore } from '../drivers/backup/restore.js';
@@ -94,14 +95,6 @@ export interface ObjectRestoreResult {
   node: string;
   /** See CopyResult.detached. */
   detached?: boolean;
-}
-
-/** Like Promise.all, but settles every step before rethrowing the first failure. */
-async function allOrFirstError<T extends readonly unknown[]>(steps: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
-  const settled = await Promise.allSettled(steps);
-  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed) throw failed.reason;
-  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }
 
 /** How often progress reaches the workflow: each signal is a history event. */
@@ -230,7 +223,7 @@ export function createNodeActivities(deps: NodeDeps) {
       // Attaching is idempotent; a retry on a restarted node finds or remakes the devices.
       // Both at once (the connector gives them distinct devices); should one fail, the
       // other is waited for, so the workflow's detach undos never run ahead of an attach.
-      const [src, dst] = await allOrFirstError<[{ device: string }, { device: string }]>([
+      const [src, dst] = await settleAll<[{ device: string }, { device: string }]>([
         input.attach ? attach(input.source, 'source') : connector.connectVolume(input.source),
         input.attach ? attach(input.dest, 'destination') : connector.connectVolume(input.dest),
       ]);

@@ -9,7 +9,8 @@ import type { CopyResult } from '../activities/node.js';
 import type { ConnectionInfo } from '../drivers/volume/driver.js';
 import type { Activities } from './activities.js';
 import type { Tracker } from './common.js';
-import { onSomeNode, settleAll } from './nodes.js';
+import { onSomeNode } from './nodes.js';
+import { settleAll } from '../settle.js';
 import type { Saga } from './saga.js';
 
 export interface DataPathRequest {

@@ -9,16 +9,9 @@ import { log, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from './activities.js';
 import { Saga } from './saga.js';
 import { isNodeLost, type Tracker } from './common.js';
+import { settleAll } from '../settle.js';
 
 export type NodeActs = ReturnType<Activities['node']>;
-
-/** Runs every step to its end (no step is left in flight), then fails with the first failure, if any. */
-export async function settleAll<T extends readonly unknown[]>(steps: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
-  const results = await Promise.allSettled(steps);
-  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed) throw failed.reason;
-  return results.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
-}
 
 export async function onSomeNode<R, C>(
   req: {
